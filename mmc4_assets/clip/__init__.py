@@ -1,0 +1,1 @@
+"""CLIP scoring with open_clip: image and sentence embeddings, per-document similarity."""

@@ -1,0 +1,1 @@
+"""Perceptual-hash deduplication and URL duplicate flags."""

@@ -1,0 +1,1 @@
+"""The thin Dagster layer; every module here is loaded by ``definitions.py``."""

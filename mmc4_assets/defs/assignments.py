@@ -1,0 +1,53 @@
+import dagster as dg
+
+from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_document
+from mmc4_assets.defs.clip_scores import clip_scores
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.resources import StorageResource
+from mmc4_assets.quality.rules import assignments_rules
+from mmc4_assets.stats import StepStats
+
+
+class AssignmentsConfig(dg.Config):
+    min_similarity: float = 0.15  # MMC4: drop images whose best sentence is below this
+    docs_per_batch: int = 2000
+
+
+@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"scipy", "parquet"},
+          deps=[clip_scores], tags={"mmc4/stage": "assign"})
+def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
+                storage: StorageResource) -> dg.MaterializeResult:
+    """Each image placed on a sentence (matched_text_index, matched_sim) by linear assignment."""
+    shard, store = context.partition_key, storage.store()
+    docs, images = StepStats(), StepStats()
+    sims: list[float] = []
+    with store.table_writer("assignments", shard, ASSIGNMENTS_SCHEMA) as out, docs.timer("assign"):
+        for batch in store.iter_batches("clip_scores", shard, batch_size=config.docs_per_batch):
+            for row in batch.iter_rows(named=True):
+                assigned = assign_document(row, config.min_similarity, images)
+                if assigned is None:
+                    docs.drop("no_image_above_min_similarity")
+                    continue
+                docs.keep()
+                sims.extend(im["matched_sim"] for im in assigned["image_info"])
+                out.append(assigned)
+    return dg.MaterializeResult(metadata={
+        "num_docs": docs.kept,
+        "num_images": images.kept,
+        "mean_matched_sim": round(sum(sims) / len(sims), 4) if sims else 0.0,
+        **stats_metadata(docs, "docs", "documents"),
+        **stats_metadata(images, "images", "images"),
+        "min_similarity": config.min_similarity,
+        "config_hash": config_hash(config),
+        "path": dg.MetadataValue.path(store.uri("tables", "assignments", f"{shard}.parquet")),
+    })
+
+
+@dg.asset_check(asset=assignments, blocking=True)
+def assignments_within_text_list(context: dg.AssetCheckExecutionContext,
+                                 storage: StorageResource) -> dg.AssetCheckResult:
+    """matched_text_index inside text_list, kept matched_sim >= min_similarity, one image per sentence but surplus."""
+    min_sim = latest_metadata(context, "assignments").get("min_similarity", 0.15)
+    outcome = assignments_rules(storage.store().read_table("assignments", context.partition_key), min_sim)
+    return check_result(outcome, min_similarity=min_sim)

@@ -1,0 +1,48 @@
+"""Small helpers shared by the asset modules: config hashes and metadata shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import dagster as dg
+
+from mmc4_assets.quality.rules import Outcome
+from mmc4_assets.stats import StepStats
+
+GROUP = "mmc4"
+
+
+def config_hash(*parts: Any) -> str:
+    """Short stable hash of the settings that shaped an output, to spot config drift across partitions."""
+    payload = [p.model_dump() if hasattr(p, "model_dump") else p for p in parts]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stats_metadata(stats: StepStats, prefix: str, what: str) -> dict[str, Any]:
+    """Numeric counts (plotted across partitions by the UI) plus a readable drop table."""
+    md: dict[str, Any] = {f"{prefix}_kept": stats.kept, f"{prefix}_dropped": stats.total_dropped}
+    md.update({f"{prefix}_{k}": v for k, v in stats.as_dict().items()})
+    md[f"{prefix}_drop_reasons"] = dg.MetadataValue.md(stats.as_markdown(what))
+    md.update({f"seconds_{k}": round(v, 3) for k, v in stats.timings.items()})
+    return md
+
+
+def latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[str, Any]:
+    """Metadata of this partition's latest materialization of ``asset`` (the thresholds it ran with)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[context.partition_key]),
+        limit=1)
+    if not records.records:
+        return {}
+    mat = records.records[0].asset_materialization
+    return {k: v.value for k, v in (mat.metadata or {}).items()} if mat else {}
+
+
+def check_result(outcome: Outcome, **extra: Any) -> dg.AssetCheckResult:
+    failing = [k for k, v in outcome.failures.items() if v]
+    return dg.AssetCheckResult(
+        passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**outcome.metadata(), **extra},
+        description="all rules hold" if outcome.passed else "failing: " + ", ".join(failing))

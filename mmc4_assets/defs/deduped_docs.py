@@ -1,0 +1,58 @@
+import dagster as dg
+
+from mmc4_assets.dedup.phash import url_duplicate_flags
+from mmc4_assets.dedup.shard import DEDUPED_SCHEMA, dedup_document
+from mmc4_assets.defs.assignments import assignments
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.raw_c4 import raw_c4
+from mmc4_assets.defs.resources import StorageResource
+from mmc4_assets.quality.rules import deduped_docs_rules
+from mmc4_assets.stats import StepStats
+
+
+class DedupConfig(dg.Config):
+    phash_threshold: int = 5  # MMC4 (findimagedupes): within 5 bits is the same picture
+    docs_per_batch: int = 2000
+
+
+@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"parquet"},
+          deps=[assignments, raw_c4], tags={"mmc4/stage": "dedup"})
+def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
+                 storage: StorageResource) -> dg.MaterializeResult:
+    """Documents with in-document perceptual duplicates removed and could_have_url_duplicate set."""
+    shard, store = context.partition_key, storage.store()
+    docs, images = StepStats(), StepStats()
+    # URL duplicates are judged over every document of the shard, not only the survivors.
+    # Corpus-wide flags and cross-shard image counts plug in here (a later stage's input).
+    url_flags = url_duplicate_flags(store.read_table("raw_c4", shard, ["url"])["url"].to_list())
+    with store.table_writer("deduped_docs", shard, DEDUPED_SCHEMA) as out, docs.timer("dedup"):
+        for batch in store.iter_batches("assignments", shard, batch_size=config.docs_per_batch):
+            for row in batch.iter_rows(named=True):
+                deduped = dedup_document(row, url_flags, config.phash_threshold, images)
+                if deduped is None:
+                    docs.drop("no_image_after_dedup")
+                    continue
+                docs.keep()
+                out.append(deduped)
+    flagged = sum(url_flags.values())
+    return dg.MaterializeResult(metadata={
+        "num_docs": docs.kept,
+        "num_images": images.kept,
+        "images_per_doc": round(images.kept / docs.kept, 3) if docs.kept else 0.0,
+        "urls_with_duplicates": flagged,
+        **stats_metadata(docs, "docs", "documents"),
+        **stats_metadata(images, "images", "images"),
+        "phash_threshold": config.phash_threshold,
+        "config_hash": config_hash(config),
+        "path": dg.MetadataValue.path(store.uri("tables", "deduped_docs", f"{shard}.parquet")),
+    })
+
+
+@dg.asset_check(asset=deduped_docs, blocking=True)
+def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext,
+                                    storage: StorageResource) -> dg.AssetCheckResult:
+    """No two images of a document within the pHash threshold; no document without images."""
+    threshold = latest_metadata(context, "deduped_docs").get("phash_threshold", 5)
+    outcome = deduped_docs_rules(storage.store().read_table("deduped_docs", context.partition_key), threshold)
+    return check_result(outcome, phash_threshold=threshold)

@@ -1,0 +1,74 @@
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import dagster as dg
+
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.raw_c4 import raw_c4
+from mmc4_assets.defs.resources import ImageFetcher, StorageResource
+from mmc4_assets.fetch.images import ImageLimits
+from mmc4_assets.fetch.shard import FETCHED_SCHEMA, fetch_documents
+from mmc4_assets.quality.rules import fetched_images_rules
+from mmc4_assets.stats import StepStats
+
+
+class FetchConfig(dg.Config):
+    min_side: int = 150
+    max_aspect: float = 2.0
+    max_side: int = 800
+    docs_per_batch: int = 500
+    decode_workers: int = 2
+
+
+@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"parquet"},
+          deps=[raw_c4], tags={"mmc4/stage": "fetch"},
+          retry_policy=dg.RetryPolicy(max_retries=1, delay=30))
+def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetcher: ImageFetcher,
+                   storage: StorageResource) -> dg.MaterializeResult:
+    """One row per candidate image of a shard: fetch status or drop reason, size, content hash, pHash."""
+    shard, store, stats = context.partition_key, storage.store(), StepStats()
+    limits = ImageLimits(min_side=config.min_side, max_aspect=config.max_aspect, max_side=config.max_side)
+    settings = fetcher.settings()
+    total = store.read_table("raw_c4", shard, ["image_urls"])["image_urls"].list.len().sum() or 0
+    started, last_log = time.perf_counter(), [0.0]
+
+    def progress(done_in_batch: int, batch_total: int) -> None:
+        now = time.perf_counter()
+        if now - last_log[0] >= 15:  # long shards report in the run log, short ones stay quiet
+            last_log[0] = now
+            done = stats.seen + done_in_batch
+            context.log.info(f"{shard}: fetched {done}/{total} images, "
+                             f"{done / max(now - started, 1e-9):.1f} img/s")
+
+    with store.table_writer("fetched_images", shard, FETCHED_SCHEMA) as out, \
+            ThreadPoolExecutor(config.decode_workers) as pool:
+        for batch in store.iter_batches("raw_c4", shard, ["doc_id", "image_urls"], config.docs_per_batch):
+            out.write(fetch_documents(batch.to_dicts(), settings, limits, store.put_blob, stats, pool,
+                                      on_progress=progress))
+    stats.timings["fetch"] = time.perf_counter() - started
+    seen = stats.seen
+    return dg.MaterializeResult(metadata={
+        "num_candidates": seen,
+        "num_ok": stats.kept,
+        "success_rate": round(stats.kept / seen, 4) if seen else 0.0,
+        "images_per_second": round(seen / stats.timings["fetch"], 2) if seen else 0.0,
+        **stats_metadata(stats, "images", "images"),
+        "min_side": config.min_side, "max_aspect": config.max_aspect, "max_side": config.max_side,
+        "allow_private": settings.allow_private,
+        "config_hash": config_hash(config, settings.__dict__ | {"url_rewrites": sorted(settings.url_rewrites)}),
+        "path": dg.MetadataValue.path(store.uri("tables", "fetched_images", f"{shard}.parquet")),
+    })
+
+
+@dg.asset_check(asset=fetched_images, blocking=True)
+def fetched_images_match_raw_c4(context: dg.AssetCheckExecutionContext,
+                                storage: StorageResource) -> dg.AssetCheckResult:
+    """Every candidate URL of raw_c4 has one row; kept images obey MMC4's size, aspect and resize rules."""
+    store, shard = storage.store(), context.partition_key
+    md = latest_metadata(context, "fetched_images")
+    outcome = fetched_images_rules(
+        store.read_table("fetched_images", shard), store.read_table("raw_c4", shard, ["image_urls"]),
+        min_side=md.get("min_side", 150), max_aspect=md.get("max_aspect", 2.0),
+        max_side=md.get("max_side", 800))
+    return check_result(outcome)

@@ -1,0 +1,1 @@
+"""MMC4 document format, shard writing and reading."""

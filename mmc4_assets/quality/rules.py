@@ -1,0 +1,171 @@
+"""Invariants each stage's output must hold. Each returns an Outcome with its evidence.
+
+These are the structural checks that block a broken partition. The great-expectations
+suites (distributional expectations, Data Docs) sit on top of the same tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mmc4_assets.dedup.phash import dedup_in_document
+from mmc4_assets.publish.mmc4_format import schema_errors
+
+
+@dataclass
+class Outcome:
+    failures: dict[str, int] = field(default_factory=dict)   # rule -> offending rows
+    examples: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not any(self.failures.values())
+
+    def rule(self, name: str, offending: int, example: Any = None) -> None:
+        self.failures[name] = int(offending)
+        if offending and example is not None and len(self.examples) < 5:
+            self.examples.append(f"{name}: {example}")
+
+    def metadata(self) -> dict[str, Any]:
+        md: dict[str, Any] = {f"violations_{k}": v for k, v in self.failures.items()}
+        md.update(self.stats)
+        if self.examples:
+            md["examples"] = "\n".join(self.examples)
+        return md
+
+
+def _first(frame: pl.DataFrame, col: str = "doc_id") -> Any:
+    return frame[col][0] if frame.height else None
+
+
+def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int | None) -> Outcome:
+    out = Outcome(stats={"docs": docs.height, "quarantined": quarantine.height})
+    out.rule("null_url_or_text", docs.filter(pl.col("url").is_null() | pl.col("text_list").is_null()).height)
+    dup = docs.filter(pl.col("doc_id").is_duplicated())
+    out.rule("duplicate_doc_id", dup.height, _first(dup))
+    empty = docs.filter(pl.col("text_list").list.len() == 0)
+    out.rule("no_sentences", empty.height, _first(empty))
+    no_img = docs.filter(pl.col("image_urls").list.len() == 0)
+    out.rule("no_candidate_images", no_img.height, _first(no_img))
+    if lines_read is not None:
+        # every source line is accounted for: a document or a quarantine row
+        out.rule("lines_unaccounted", abs(lines_read - docs.height - quarantine.height))
+    return out
+
+
+def fetched_images_rules(fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side: int,
+                         max_aspect: float, max_side: int) -> Outcome:
+    expected = raw_docs.select(pl.col("image_urls").list.len().sum()).item() or 0
+    ok = fetched.filter(pl.col("status") == "ok")
+    out = Outcome(stats={"candidates": fetched.height, "ok": ok.height,
+                         "success_rate": round(ok.height / fetched.height, 4) if fetched.height else 0.0})
+    out.rule("rows_vs_raw_c4_candidates", abs(fetched.height - expected))
+    dup_keys = fetched.filter(pl.struct("doc_id", "image_index").is_duplicated())
+    out.rule("duplicate_candidate_rows", dup_keys.height, _first(dup_keys))
+    out.rule("ok_without_image_name", ok.filter(pl.col("image_name").is_null() | pl.col("phash").is_null()).height)
+    orig_small = ok.filter(pl.min_horizontal("orig_width", "orig_height") < min_side)
+    out.rule("ok_but_too_small", orig_small.height, _first(orig_small))
+    aspect = pl.col("orig_width") / pl.col("orig_height")
+    bad = ok.filter((aspect > max_aspect) | (aspect < 1 / max_aspect))
+    out.rule("ok_but_bad_aspect", bad.height, _first(bad))
+    big = ok.filter(pl.max_horizontal("width", "height") > max_side)
+    out.rule("longer_side_over_max", big.height, _first(big))
+    no_reason = fetched.filter(pl.col("status").is_null() | (pl.col("status") == ""))
+    out.rule("row_without_status", no_reason.height)
+    return out
+
+
+def clip_scores_rules(scores: pl.DataFrame, features: pl.DataFrame) -> Outcome:
+    out = Outcome(stats={"docs": scores.height, "distinct_images": features.height})
+    shape_bad = range_bad = 0
+    example = None
+    for row in scores.select("doc_id", "text_list", "images", "similarity_matrix").iter_rows(named=True):
+        m = np.asarray(row["similarity_matrix"], dtype=np.float64)
+        if m.shape != (len(row["images"]), len(row["text_list"])):
+            shape_bad += 1
+            example = example or row["doc_id"]
+        elif m.size and (not np.isfinite(m).all() or np.abs(m).max() > 1.0 + 1e-5):
+            range_bad += 1
+            example = example or row["doc_id"]
+    out.rule("matrix_shape_not_images_x_sentences", shape_bad, example)
+    out.rule("similarity_not_finite_cosine", range_bad, example)
+    if features.height:
+        emb = np.asarray(features["embedding"].to_list(), dtype=np.float64)
+        norms = np.linalg.norm(emb, axis=1)
+        out.rule("embedding_norm_not_1", int((np.abs(norms - 1.0) > 1e-3).sum()))
+    names = set(features["image_name"].to_list())
+    missing = scores.select(pl.col("images").list.eval(pl.element().struct.field("image_name"))).explode("images")
+    missing_n = sum(1 for n in missing["images"].to_list() if n is not None and n not in names)
+    out.rule("image_without_features", missing_n)
+    return out
+
+
+def assignments_rules(assigned: pl.DataFrame, min_sim: float) -> Outcome:
+    out = Outcome(stats={"docs": assigned.height})
+    bad_index = below = shared = shape_bad = 0
+    example = None
+    for row in assigned.select("doc_id", "text_list", "image_info", "similarity_matrix").iter_rows(named=True):
+        n_sent = len(row["text_list"])
+        idx = [im["matched_text_index"] for im in row["image_info"]]
+        if any(i is None or not 0 <= i < n_sent for i in idx):
+            bad_index += 1
+            example = example or row["doc_id"]
+        if any(im["matched_sim"] < min_sim - 1e-6 for im in row["image_info"]):
+            below += 1
+            example = example or row["doc_id"]
+        # a sentence may hold several images only through the surplus rule
+        non_surplus = [im["matched_text_index"] for im in row["image_info"] if not im["surplus"]]
+        if len(non_surplus) != len(set(non_surplus)):
+            shared += 1
+            example = example or row["doc_id"]
+        if len(row["similarity_matrix"]) != len(row["image_info"]):
+            shape_bad += 1
+    out.rule("matched_text_index_outside_text_list", bad_index, example)
+    out.rule("matched_sim_below_min", below, example)
+    out.rule("sentence_shared_outside_surplus_rule", shared, example)
+    out.rule("matrix_rows_not_images", shape_bad)
+    out.rule("doc_without_images", assigned.filter(pl.col("image_info").list.len() == 0).height)
+    return out
+
+
+def deduped_docs_rules(docs: pl.DataFrame, threshold: int) -> Outcome:
+    out = Outcome(stats={"docs": docs.height})
+    dups = 0
+    example = None
+    for row in docs.select("doc_id", "image_info").iter_rows(named=True):
+        if any(d is not None for d in dedup_in_document([im["phash"] for im in row["image_info"]], threshold)):
+            dups += 1
+            example = example or row["doc_id"]
+    out.rule("in_document_phash_duplicate", dups, example)
+    out.rule("doc_without_images", docs.filter(pl.col("image_info").list.len() == 0).height)
+    out.rule("duplicate_doc_id", docs.filter(pl.col("doc_id").is_duplicated()).height)
+    return out
+
+
+def published_rules(lines: list[bytes], manifest: dict, actual_sha256: str, expected_docs: int) -> Outcome:
+    out = Outcome(stats={"lines": len(lines), "expected_docs": expected_docs})
+    unparsable = invalid = 0
+    example = None
+    for i, line in enumerate(lines):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            unparsable += 1
+            example = example or f"line {i}"
+            continue
+        errors = schema_errors(doc)
+        if errors:
+            invalid += 1
+            example = example or f"line {i}: {errors[0]}"
+    out.rule("unparsable_lines", unparsable, example)
+    out.rule("schema_violations", invalid, example)
+    out.rule("doc_count_vs_deduped_docs", abs(len(lines) - expected_docs))
+    out.rule("manifest_doc_count", abs(manifest.get("num_docs", -1) - len(lines)))
+    out.rule("checksum_mismatch", int(manifest.get("sha256") != actual_sha256))
+    return out

@@ -1,0 +1,164 @@
+"""A storage root that is a local directory or any fsspec URL (``s3://bucket/prefix``).
+
+Layout under the root::
+
+    tables/{table}/{shard}.parquet     one file per asset and shard
+    images/{sha[:2]}/{sha}.jpg         fetched images, content-addressed
+    published/...                      MMC4 jsonl.zip shards and manifests
+
+Local writes go to a temporary name in the same directory and are renamed into place,
+so a killed run never leaves a half-written file under the final name. Object stores
+only expose an object once its upload completes, which gives the same guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+class ShardStore:
+    def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+        self.root = UPath(str(root), **(storage_options or {}))
+        self.is_local = self.root.protocol in _LOCAL_PROTOCOLS
+
+    def __repr__(self) -> str:
+        return f"ShardStore({self.uri()!r})"
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, *parts: str) -> UPath:
+        for part in parts:
+            # keys come from partition keys and hashes; refuse anything that could escape the root
+            if not part or part in (".", "..") or "/" in part or "\\" in part:
+                raise ValueError(f"unsafe storage key component: {part!r}")
+        return self.root.joinpath(*parts)
+
+    def uri(self, *parts: str) -> str:
+        return str(self.path(*parts)) if parts else str(self.root)
+
+    def table_path(self, table: str, shard: str) -> UPath:
+        return self.path("tables", table, f"{shard}.parquet")
+
+    def blob_path(self, digest: str, ext: str = "jpg") -> UPath:
+        return self.path("images", digest[:2], f"{digest}.{ext}")
+
+    # -- atomic bytes ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def open_atomic(self, target: UPath) -> Iterator[Any]:
+        """Binary file handle whose content appears at ``target`` only if the block succeeds."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not self.is_local:
+            with target.open("wb") as fh:
+                yield fh
+            return
+        local = Path(target.path)
+        tmp = local.with_name(f".tmp-{uuid.uuid4().hex}-{local.name}")
+        try:
+            with open(tmp, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, local)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def write_bytes(self, target: UPath, data: bytes) -> None:
+        with self.open_atomic(target) as fh:
+            fh.write(data)
+
+    def put_blob(self, digest: str, data: bytes, ext: str = "jpg") -> bool:
+        """Store content-addressed bytes; False when they were already there (nothing written)."""
+        target = self.blob_path(digest, ext)
+        if target.exists():
+            return False
+        self.write_bytes(target, data)
+        return True
+
+    def get_blob(self, image_name: str) -> bytes:
+        digest = image_name.split(".", 1)[0]
+        ext = image_name.rsplit(".", 1)[-1]
+        return self.blob_path(digest, ext).read_bytes()
+
+    # -- tables ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def table_writer(self, table: str, shard: str, schema: dict) -> Iterator["TableWriter"]:
+        with self.open_atomic(self.table_path(table, shard)) as fh:
+            writer = TableWriter(fh, schema)
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    def write_table(self, table: str, shard: str, frame: pl.DataFrame) -> None:
+        with self.table_writer(table, shard, dict(frame.schema)) as out:
+            out.write(frame)
+
+    def has_table(self, table: str, shard: str) -> bool:
+        return self.table_path(table, shard).exists()
+
+    def read_table(self, table: str, shard: str, columns: list[str] | None = None) -> pl.DataFrame:
+        with self.table_path(table, shard).open("rb") as fh:
+            return pl.from_arrow(pq.read_table(fh, columns=columns))
+
+    def iter_batches(self, table: str, shard: str, columns: list[str] | None = None,
+                     batch_size: int = 2048) -> Iterator[pl.DataFrame]:
+        """Row batches of a stored table; memory is bounded by the batch, not the shard."""
+        with self.table_path(table, shard).open("rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns):
+                yield pl.from_arrow(pa.Table.from_batches([batch]))
+
+    def num_rows(self, table: str, shard: str) -> int:
+        with self.table_path(table, shard).open("rb") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
+
+
+class TableWriter:
+    """Appends rows or polars frames as parquet row groups with one fixed schema."""
+
+    def __init__(self, fh: Any, schema: dict, buffer_rows: int = 4096):
+        self._schema = pl.Schema(schema)
+        self._writer = pq.ParquetWriter(fh, pl.DataFrame(schema=self._schema).to_arrow().schema,
+                                        compression="zstd")
+        self._buffer: list[dict] = []
+        self._buffer_rows = buffer_rows
+        self.rows = 0
+
+    def append(self, row: dict) -> None:
+        """Buffer one row; written as part of a row group, not a group of its own."""
+        self._buffer.append(row)
+        if len(self._buffer) >= self._buffer_rows:
+            self._flush()
+
+    def write(self, frame: pl.DataFrame | list[dict]) -> None:
+        self._flush()
+        if isinstance(frame, list):
+            frame = pl.DataFrame(frame, schema=self._schema)
+        self._write_frame(frame)
+
+    def _flush(self) -> None:
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            self._write_frame(pl.DataFrame(rows, schema=self._schema))
+
+    def _write_frame(self, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
+        frame = frame.select(list(self._schema)).cast(self._schema)
+        self._writer.write_table(frame.to_arrow())
+        self.rows += frame.height
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()

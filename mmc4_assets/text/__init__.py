@@ -1,0 +1,1 @@
+"""Text handling: sentence splitting and MMC4's image URL filter."""
