@@ -1,0 +1,169 @@
+"""The bundled sample through all six assets and their blocking checks, then read back."""
+
+import io
+import json
+import zipfile
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from mmc4_assets.definitions import defs
+from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.resources import sample_resources
+from mmc4_assets.publish.mmc4_format import DOC_FIELDS, IMAGE_FIELDS, schema_errors
+from mmc4_assets.sample.server import load_expected
+from mmc4_assets.storage import ShardStore
+
+SHARD = "c4-sample.00000-of-00001"
+ASSETS = ["raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards"]
+RAW_REASON = {"blank": "blank_line"}  # the sample's label -> the pipeline's
+
+
+def _materialize(storage_root, run_config=None):
+    d = defs()
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(shards.name, [SHARD])
+    result = dg.materialize([*d.assets, *d.asset_checks], partition_key=SHARD, instance=instance,
+                            resources=sample_resources(str(storage_root)), run_config=run_config or {},
+                            raise_on_error=False)
+    return result
+
+
+def _published(root):
+    with zipfile.ZipFile(root / "published" / "docs_shard_0_v2.jsonl.zip") as zf:
+        assert zf.namelist() == ["docs_shard_0_v2.jsonl"]
+        return [json.loads(line) for line in zf.read("docs_shard_0_v2.jsonl").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("storage")
+    return root, _materialize(root)
+
+
+def test_all_assets_and_checks_succeed(default_run):
+    root, result = default_run
+    assert result.success
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert materialized == set(ASSETS)
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 6 and all(c.passed for c in checks)
+
+
+def test_raw_c4_outcomes_match_the_sample_ground_truth(default_run):
+    root, _ = default_run
+    expected = load_expected()
+    store = ShardStore(root)
+    docs = store.read_table("raw_c4", SHARD)
+    quarantine = store.read_table("raw_c4_quarantine", SHARD)
+    got = {r["line_no"]: "ok" for r in docs.iter_rows(named=True)}
+    got |= {r["line_no"]: r["reason"] for r in quarantine.iter_rows(named=True)}
+    want = {line["line"]: RAW_REASON.get(line["raw_c4"], line["raw_c4"]) for line in expected["lines"]}
+    assert got == want
+    for line in expected["lines"]:
+        if line["raw_c4"] == "ok":
+            row = docs.filter(pl.col("line_no") == line["line"]).row(0, named=True)
+            assert row["image_urls"] == [c["url"] for c in line["candidates"]]
+            assert row["text_list"]
+
+
+def test_fetch_outcomes_match_the_sample_ground_truth(default_run):
+    root, _ = default_run
+    expected = load_expected()
+    fetched = ShardStore(root).read_table("fetched_images", SHARD)
+    by_key = {(int(r["doc_id"].rsplit(":", 1)[1]), r["image_index"]): r for r in fetched.iter_rows(named=True)}
+    for line in expected["lines"]:
+        for i, cand in enumerate(line.get("candidates", [])):
+            row = by_key[(line["line"], i)]
+            assert row["raw_url"] == cand["url"]
+            assert row["status"] == cand["fetch"], cand["url"]
+            if cand["fetch"] == "ok":
+                assert [row["width"], row["height"]] == cand["size"]
+                assert (root / "images" / row["image_name"][:2] / row["image_name"]).exists()
+    assert fetched.height == expected["totals"]["candidates"]
+
+
+def test_published_shard_is_mmc4_and_follows_the_similarity_rule(default_run):
+    root, _ = default_run
+    expected = load_expected()
+    docs = _published(root)
+    scores = ShardStore(root).read_table("clip_scores", SHARD)
+    # recompute, independently of the assignment code, which docs keep an image >= 0.15
+    survivors = []  # URLs with multiplicity: two sample documents share one URL
+    for row in scores.iter_rows(named=True):
+        m = np.asarray(row["similarity_matrix"])
+        if (m.max(axis=1) >= 0.15).any():
+            survivors.append(row["url"])
+    publishable = {line["url"] for line in expected["lines"] if line.get("published")}
+    assert {d["url"] for d in docs} <= publishable
+    assert sorted(d["url"] for d in docs) == sorted(u for u in survivors if u in publishable)
+    for doc in docs:
+        assert list(doc) == list(DOC_FIELDS) and schema_errors(doc) == []
+        for im in doc["image_info"]:
+            assert list(im) == list(IMAGE_FIELDS)
+            assert im["matched_sim"] >= 0.15 and im["face_detections"] is None
+            assert im["image_name"].endswith(".jpg")
+            row = doc["similarity_matrix"][doc["image_info"].index(im)]
+            assert im["matched_sim"] == pytest.approx(row[im["matched_text_index"]], abs=1e-5)
+
+
+def test_manifest_and_metadata_tell_the_story(default_run):
+    root, result = default_run
+    manifest = json.loads((root / "published" / "docs_shard_0_v2.manifest.json").read_text())
+    docs = _published(root)
+    assert manifest["num_docs"] == len(docs)
+    assert manifest["num_images"] == sum(len(d["image_info"]) for d in docs)
+    assert manifest["random_weights"] is True and "RANDOM" in manifest["model"]
+    md = {m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
+          for m in result.get_asset_materialization_events()}
+    assert md["clip_scores"]["random_weights"].value is True
+    assert md["clip_scores"]["model_name"].value == "mmc4-tiny-random"
+    assert md["fetched_images"]["images_dropped_http_404"].value == load_expected()["totals"]["fetch"]["http_404"]
+    assert md["raw_c4"]["docs_dropped_malformed_json"].value == 1
+    for asset in ASSETS:
+        assert "config_hash" in md[asset]
+
+
+def test_without_similarity_threshold_everything_the_sample_promises_is_published(tmp_path):
+    # min_similarity=-1 isolates fetch and dedup from the random model's similarities
+    result = _materialize(tmp_path, {"ops": {"assignments": {"config": {"min_similarity": -1.0}}}})
+    assert result.success
+    expected = load_expected()
+    docs = _published(tmp_path)
+    want = {line["url"]: line["published_images"] for line in expected["lines"] if line.get("published")}
+    # the two documents sharing one URL are both published, and both flagged
+    assert len(docs) == expected["totals"]["published_documents"]
+    assert sum(len(d["image_info"]) for d in docs) == expected["totals"]["published_images"]
+    for doc in docs:
+        assert [im["raw_url"] for im in doc["image_info"]] == want[doc["url"]]
+    dup_urls = {u for u in want if sum(d["url"] == u for d in docs) > 1}
+    assert dup_urls and all(d["could_have_url_duplicate"] == (d["url"] in dup_urls) for d in docs)
+
+
+def test_blocking_check_stops_downstream_on_broken_output(tmp_path, monkeypatch):
+    # corrupt the assignment rule: a blocking check must stop deduped_docs/published_shards
+    import mmc4_assets.defs.assignments as mod
+
+    original = mod.assign_document
+
+    def broken(row, min_sim, stats):
+        out = original(row, min_sim, stats)
+        if out:
+            out["image_info"][0]["matched_text_index"] = len(out["text_list"]) + 3
+        return out
+
+    monkeypatch.setattr(mod, "assign_document", broken)
+    result = _materialize(tmp_path)
+    assert not result.success
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert "assignments" in materialized
+    assert "deduped_docs" not in materialized and "published_shards" not in materialized
+    failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    assert [c.check_name for c in failed] == ["assignments_within_text_list"]
+    assert not (tmp_path / "published").exists()
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs())
