@@ -28,6 +28,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmc4-sample", description=sample_main.__doc__)
     parser.add_argument("--storage-root", default=None,
                         help="where outputs go (default: $MMC4_STORAGE_ROOT or ./storage)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.storage_root:
         os.environ["MMC4_STORAGE_ROOT"] = str(Path(args.storage_root).resolve())
@@ -43,7 +44,10 @@ def sample_main(argv: list[str] | None = None) -> int:
     instance.add_dynamic_partitions(shards.name, [SAMPLE_SHARD])
     started = time.perf_counter()
     job = defs().get_job_def("mmc4_shard_job")
-    result = job.execute_in_process(instance=instance, partition_key=SAMPLE_SHARD, raise_on_error=False)
+    # INFO keeps the stage logs (page records found, progress) without Dagster's step-event DEBUG lines
+    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    result = job.execute_in_process(instance=instance, partition_key=SAMPLE_SHARD, run_config=run_config,
+                                    raise_on_error=False)
     elapsed = time.perf_counter() - started
     if not result.success:
         print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dagster dev` or the log above",
@@ -61,7 +65,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     store = ShardStore(default_storage_root())
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")
     print(f"dagster home:    {os.environ['DAGSTER_HOME']}")
-    print("open the UI:     DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml"
+    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml"
           "  ->  http://127.0.0.1:3000")
     return 0
 

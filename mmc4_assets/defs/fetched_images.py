@@ -31,7 +31,8 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
     limits = ImageLimits(min_side=config.min_side, max_aspect=config.max_aspect, max_side=config.max_side)
     settings = fetcher.settings()
     total = store.read_table("raw_c4", shard, ["image_urls"])["image_urls"].list.len().sum() or 0
-    started, last_log = time.perf_counter(), [0.0]
+    started = time.perf_counter()
+    last_log = [started]
 
     def progress(done_in_batch: int, batch_total: int) -> None:
         now = time.perf_counter()
