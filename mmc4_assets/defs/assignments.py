@@ -4,7 +4,9 @@ from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_document
 from mmc4_assets.defs.clip_scores import clip_scores
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
 from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import StorageResource
+from mmc4_assets.quality import suites
 from mmc4_assets.quality.rules import assignments_rules
 from mmc4_assets.stats import StepStats
 
@@ -45,9 +47,14 @@ def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
 
 
 @dg.asset_check(asset=assignments, blocking=True)
-def assignments_within_text_list(context: dg.AssetCheckExecutionContext,
-                                 storage: StorageResource) -> dg.AssetCheckResult:
+def assignments_within_text_list(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                                 quality: DataQuality) -> dg.AssetCheckResult:
     """matched_text_index inside text_list, kept matched_sim >= min_similarity, one image per sentence but surplus."""
+    shard = context.partition_key
     min_sim = latest_metadata(context, "assignments").get("min_similarity", 0.15)
-    outcome = assignments_rules(storage.store().read_table("assignments", context.partition_key), min_sim)
-    return check_result(outcome, min_similarity=min_sim)
+    assigned = storage.store().read_table("assignments", shard)
+    thresholds = quality.thresholds(min_similarity=min_sim)
+    suite = validate_suite(quality, "assignments", shard, storage.root,
+                           lambda: suites.assignments_frame(assigned),
+                           lambda: suites.assignments_expectations(thresholds))
+    return check_result(assignments_rules(assigned, min_sim), suite, min_similarity=min_sim)

@@ -7,8 +7,10 @@ from mmc4_assets.clip.shard import CLIP_SCORES_SCHEMA, features_schema, score_ba
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, stats_metadata
 from mmc4_assets.defs.fetched_images import fetched_images
 from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import ClipModel, StorageResource
+from mmc4_assets.quality import suites
 from mmc4_assets.quality.rules import clip_scores_rules
 from mmc4_assets.stats import StepStats
 
@@ -67,9 +69,14 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
 
 
 @dg.asset_check(asset=clip_scores, blocking=True)
-def clip_scores_are_cosines(context: dg.AssetCheckExecutionContext,
-                            storage: StorageResource) -> dg.AssetCheckResult:
+def clip_scores_are_cosines(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                            quality: DataQuality) -> dg.AssetCheckResult:
     """Matrix shape = images x sentences per doc, finite values in [-1, 1], unit-norm features."""
     store, shard = storage.store(), context.partition_key
-    return check_result(clip_scores_rules(store.read_table("clip_scores", shard),
-                                          store.read_table("clip_image_features", shard)))
+    scores = store.read_table("clip_scores", shard)
+    features = store.read_table("clip_image_features", shard)
+    thresholds = quality.thresholds()
+    suite = validate_suite(quality, "clip_scores", shard, storage.root,
+                           lambda: suites.clip_scores_frame(scores, features),
+                           lambda: suites.clip_scores_expectations(thresholds))
+    return check_result(clip_scores_rules(scores, features), suite)

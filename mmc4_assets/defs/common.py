@@ -40,9 +40,20 @@ def latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[
     return {k: v.value for k, v in (mat.metadata or {}).items()} if mat else {}
 
 
-def check_result(outcome: Outcome, **extra: Any) -> dg.AssetCheckResult:
+def check_result(outcome: Outcome, suite: Any = None, **extra: Any) -> dg.AssetCheckResult:
+    """One blocking result from the structural rules and the partition's GX suite (if run)."""
     failing = [k for k, v in outcome.failures.items() if v]
+    metadata = {**outcome.metadata(), **extra}
+    if suite is not None:
+        failing += [f"gx:{r.expectation}({r.column or ''})" for r in suite.failed]
+        metadata["gx_suite"] = suite.suite
+        metadata["gx_success"] = suite.success
+        metadata["gx_expectations"] = len(suite.results)
+        metadata["gx_failed_expectations"] = len(suite.failed)
+        metadata["gx_results"] = dg.MetadataValue.md(suite.as_markdown())
+        if suite.docs_url:
+            metadata["data_docs"] = dg.MetadataValue.url(f"file://{suite.docs_url}")
+    passed = outcome.passed and (suite is None or suite.success)
     return dg.AssetCheckResult(
-        passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR,
-        metadata={**outcome.metadata(), **extra},
-        description="all rules hold" if outcome.passed else "failing: " + ", ".join(failing))
+        passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+        description="all rules and expectations hold" if passed else "failing: " + ", ".join(failing))

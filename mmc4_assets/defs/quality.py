@@ -1,0 +1,60 @@
+"""The great-expectations resource the blocking checks use, and the warn-level drift checks' helper."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from mmc4_assets.quality.suites import Thresholds
+
+
+class DataQuality(dg.ConfigurableResource):
+    """Thresholds of the data-quality layer and the GX runner (one ephemeral context per process).
+
+    Data Docs are built under ``{storage root}/data_docs`` for local roots; object-store
+    roots keep the validation results in check metadata only.
+    """
+
+    gx_enabled: bool = True
+    build_data_docs: bool = True
+    max_url_filter_drop_share: float = 0.95
+    min_fetch_success_rate: float = 0.5
+    norm_tolerance: float = 1e-3
+    max_success_rate_drop: float = 0.15
+    trailing_partitions: int = 20
+    _runners: dict = PrivateAttr(default_factory=dict)
+
+    def thresholds(self, **run_params: Any) -> Thresholds:
+        """Configured bounds, with the parameters the asset actually ran with (from its metadata)."""
+        base = Thresholds(max_url_filter_drop_share=self.max_url_filter_drop_share,
+                          min_fetch_success_rate=self.min_fetch_success_rate,
+                          norm_tolerance=self.norm_tolerance,
+                          max_success_rate_drop=self.max_success_rate_drop,
+                          trailing_partitions=self.trailing_partitions)
+        known = {f.name for f in dataclasses.fields(Thresholds)}
+        return dataclasses.replace(base, **{k: v for k, v in run_params.items() if k in known and v is not None})
+
+    def validate(self, suite: str, partition: str, frame, expectations: list, storage_root: str):
+        if not self.gx_enabled:
+            return None
+        from mmc4_assets.quality.gx import GXRunner
+
+        docs_dir = None
+        if self.build_data_docs and "://" not in storage_root:
+            docs_dir = f"{storage_root.rstrip('/')}/data_docs"
+        runner = self._runners.get(docs_dir)
+        if runner is None:
+            runner = self._runners[docs_dir] = GXRunner(docs_dir)
+        return runner.validate(suite, partition, frame, expectations)
+
+
+def validate_suite(quality: DataQuality, suite: str, partition: str, storage_root: str,
+                   frame_fn: Callable[[], Any], expectations_fn: Callable[[], list]):
+    """Build the frame and expectations only when GX is on (importing GX costs seconds)."""
+    if not quality.gx_enabled:
+        return None
+    return quality.validate(suite, partition, frame_fn(), expectations_fn(), storage_root)

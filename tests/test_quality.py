@@ -1,0 +1,83 @@
+"""The expectation suites pass on good frames and name the broken rule on bad ones."""
+
+import polars as pl
+import pytest
+
+from mmc4_assets.defs.automation import shards_to_refresh
+from mmc4_assets.quality import suites as S
+from mmc4_assets.quality.gx import GXRunner
+
+T = S.Thresholds()
+
+
+@pytest.fixture(scope="module")
+def gx_runner(tmp_path_factory):
+    return GXRunner(tmp_path_factory.mktemp("docs"))
+
+
+def _fetched(statuses, sizes):
+    rows = []
+    for i, (status, (w, h)) in enumerate(zip(statuses, sizes)):
+        ok = status == "ok"
+        rows.append({"doc_id": "d", "image_index": i, "raw_url": f"u{i}", "status": status,
+                     "image_name": f"h{i}.jpg" if ok else None, "orig_width": w, "orig_height": h,
+                     "width": min(w, 800), "height": h})
+    return pl.DataFrame(rows)
+
+
+def _failed(outcome):
+    return {(r.expectation, r.column) for r in outcome.failed}
+
+
+def test_fetched_images_suite_success_floor_and_sizes(gx_runner):
+    good = S.fetched_images_frame(_fetched(["ok", "ok", "http_404"], [(300, 300), (400, 300), (0, 0)]))
+    out = gx_runner.validate("fetched_images", "p1", good, S.fetched_images_expectations(T))
+    assert out.success and out.docs_url.endswith("index.html")
+
+    bad = S.fetched_images_frame(_fetched(["ok", "http_404", "timeout", "http_404"],
+                                          [(100, 300), (1, 1), (1, 1), (1, 1)]))
+    out = gx_runner.validate("fetched_images", "p2", bad, S.fetched_images_expectations(T))
+    assert not out.success
+    assert {("expect_column_values_to_be_between", "success_rate"),
+            ("expect_column_values_to_be_between", "orig_min_side"),
+            ("expect_column_values_to_be_between", "orig_aspect")} <= _failed(out)
+
+
+def test_assignments_suite_catches_shared_sentence_and_low_sim(gx_runner):
+    def frame(images):
+        return S.assignments_frame(pl.DataFrame([{"doc_id": "d", "text_list": ["a", "b"], "image_info": images}]))
+
+    ok = frame([{"matched_text_index": 0, "matched_sim": 0.3, "surplus": False},
+                {"matched_text_index": 0, "matched_sim": 0.2, "surplus": True}])
+    assert gx_runner.validate("assignments", "ok", ok, S.assignments_expectations(T)).success
+    bad = frame([{"matched_text_index": 1, "matched_sim": 0.1, "surplus": False},
+                 {"matched_text_index": 1, "matched_sim": 0.3, "surplus": False}])
+    out = gx_runner.validate("assignments", "bad", bad, S.assignments_expectations(T))
+    assert ("expect_column_values_to_be_unique", "sentence_key") in _failed(out)
+    assert ("expect_column_values_to_be_between", "matched_sim") in _failed(out)
+
+
+def test_deduped_docs_suite_threshold_boundary(gx_runner):
+    def frame(h2):
+        return S.deduped_docs_frame(pl.DataFrame([
+            {"doc_id": "d", "image_info": [{"phash": "0000000000000000"}, {"phash": h2}]},
+            {"doc_id": "e", "image_info": [{"phash": "ffffffffffffffff"}]}]))
+
+    assert gx_runner.validate("deduped", "six", frame("000000000000003f"), S.deduped_docs_expectations(T)).success
+    out = gx_runner.validate("deduped", "five", frame("000000000000001f"), S.deduped_docs_expectations(T))
+    assert _failed(out) == {("expect_column_values_to_be_between", "min_phash_distance")}
+
+
+def test_published_suite_counts_and_parses(gx_runner):
+    lines = [b'{"url": 1}', b"not json"]
+    out = gx_runner.validate("published", "p", S.published_frame(lines, checksum_ok=False),
+                             S.published_expectations(T, expected_docs=3))
+    assert {e for e, _ in _failed(out)} == {"expect_table_row_count_to_equal", "expect_column_values_to_be_in_set"}
+    assert {c for _, c in _failed(out)} == {None, "parses", "schema_ok", "checksum_matches_manifest"}
+
+
+def test_refresh_picks_missing_then_stale_bounded():
+    latest = {"raw_c4": {"a": 5, "b": 6, "c": 7, "d": 30}, "published_shards": {"a": 10, "d": 20}}
+    assert shards_to_refresh(["a", "b", "c", "d"], latest, limit=10) == [
+        ("b", "missing", 6), ("c", "missing", 7), ("d", "stale", 30)]
+    assert len(shards_to_refresh(["a", "b", "c", "d"], latest, limit=1)) == 1
