@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 from upath import UPath
 
+from mmc4_assets.defs.quality import DataQuality
 from mmc4_assets.fetch.http import FetchSettings
 from mmc4_assets.storage import ShardStore
 
@@ -141,6 +142,7 @@ def sample_resources(storage_root: str) -> dict[str, Any]:
         "fetcher": ImageFetcher(allow_private=True, serve_sample_images=True, concurrency=16,
                                 total_timeout=10.0, retries=1),
         "clip": ClipModel(model_name="mmc4-tiny-random", pretrained=None, batch_size=32),
+        "quality": DataQuality(),
     }
 
 
@@ -151,6 +153,7 @@ def production_resources() -> dict[str, Any]:
         "source": ShardSource(shards_root=dg.EnvVar("MMC4_SHARDS_ROOT"),
                               page_archives=[p for p in os.environ.get("MMC4_PAGE_ARCHIVES", "").split(",") if p]),
         "fetcher": ImageFetcher(user_agent=os.environ.get("MMC4_USER_AGENT", ImageFetcher.model_fields["user_agent"].default)),
+        "quality": DataQuality(),
         "clip": ClipModel(model_name=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
                           pretrained=os.environ.get("MMC4_CLIP_PRETRAINED", "openai") or None,
                           device=os.environ.get("MMC4_CLIP_DEVICE", "auto")),
