@@ -81,3 +81,26 @@ def test_refresh_picks_missing_then_stale_bounded():
     assert shards_to_refresh(["a", "b", "c", "d"], latest, limit=10) == [
         ("b", "missing", 6), ("c", "missing", 7), ("d", "stale", 30)]
     assert len(shards_to_refresh(["a", "b", "c", "d"], latest, limit=1)) == 1
+
+
+def test_funnel_rows_follow_the_stages_with_reasons():
+    from mmc4_assets.quality.funnel import funnel_rows
+
+    rows = funnel_rows({
+        "raw_c4": {"num_lines": 40, "num_docs": 34, "num_candidate_images": 80, "docs_dropped_no_page_record": 1,
+                   "image_urls_dropped_keyword": 6, "docs_drop_reasons": "md"},
+        "fetched_images": {"num_candidates": 80, "num_ok": 72, "images_dropped_http_404": 3},
+        "published_shards": {"num_docs": 21, "num_images": 30},
+    })
+    assert [r["stage"] for r in rows] == ["source lines", "raw_c4", "fetched_images", "published_shards"]
+    assert rows[1] == {"stage": "raw_c4", "documents": 34, "images": 80,
+                       "dropped": "no_page_record: 1 docs, keyword: 6 images"}
+    assert rows[2]["images"] == 72 and rows[2]["dropped"] == "http_404: 3 images"
+
+
+def test_success_rate_drift():
+    from mmc4_assets.quality.funnel import success_rate_drift
+
+    assert success_rate_drift(0.9, [], 0.15) == (True, None)
+    assert success_rate_drift(0.7, [0.9, 0.9], 0.15)[0] is False
+    assert success_rate_drift(0.76, [0.9, 0.9], 0.15)[0] is True
