@@ -31,7 +31,8 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.storage_root:
-        os.environ["MMC4_STORAGE_ROOT"] = str(Path(args.storage_root).resolve())
+        root = args.storage_root
+        os.environ["MMC4_STORAGE_ROOT"] = root if "://" in root else str(Path(root).resolve())
     os.environ.setdefault("MMC4_PROFILE", "sample")
 
     from mmc4_assets.definitions import defs
@@ -92,7 +93,8 @@ def shards_main(argv: list[str] | None = None) -> int:
     else:
         from mmc4_assets.definitions import defs
 
-        keys = defs().resources["source"].list_shards()
+        # resources bound with EnvVar fields must be initialised to read their values
+        keys = defs().resources["source"].process_config_and_initialize().list_shards()
     new = [k for k in keys if k not in set(known)]
     if new:
         instance.add_dynamic_partitions(shards.name, new)

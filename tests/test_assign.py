@@ -1,7 +1,12 @@
 import numpy as np
+import polars as pl
 import pytest
 
 from mmc4_assets.assign import assign_images
+from mmc4_assets.assign.batch import assign_flat
+from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_document, assign_frame
+from mmc4_assets.clip.shard import CLIP_SCORES_SCHEMA
+from mmc4_assets.stats import StepStats
 
 
 def test_square_matrix_takes_the_optimal_not_the_greedy_assignment():
@@ -79,3 +84,111 @@ def test_empty_and_invalid_input():
         assign_images(np.array([0.1, 0.2]))
     with pytest.raises(ValueError):
         assign_images(np.array([[np.nan, 0.2]]))
+
+
+# -- the batch solver must give exactly assign_images' answers ---------------------------
+
+def _random_matrix(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    kind = rng.integers(0, 6)
+    if kind == 0:    # continuous, like real CLIP cosines
+        a = rng.normal(0.2, 0.06, (n, m))
+    elif kind == 1:  # few distinct values: ties everywhere, values on the threshold
+        a = rng.choice([0.1, 0.15, 0.2, 0.3], (n, m))
+    elif kind == 2:  # rounded: occasional ties
+        a = np.round(rng.random((n, m)) * 0.4, 2)
+    elif kind == 3:  # constant matrix
+        a = np.full((n, m), rng.choice([0.1, 0.15, 0.2]))
+    elif kind == 4:  # every image wants the same sentence
+        a = rng.random((n, m)) * 0.2
+        if m:
+            a[:, rng.integers(0, m)] += 0.3
+    else:            # negatives and values in float32's last bits around the threshold
+        a = np.float32(0.15) + rng.integers(-3, 4, (n, m)) * np.finfo(np.float32).eps * 0.1
+    return a.astype(np.float32)
+
+
+def _assert_same(ref, got, sl):
+    assert ref.kept.tolist() == got.kept[sl].tolist()
+    assert ref.matched_text_index.tolist() == got.matched_text_index[sl].tolist()
+    assert ref.surplus.tolist() == got.surplus[sl].tolist()
+    np.testing.assert_array_equal(ref.matched_sim, got.matched_sim[sl])  # bitwise, nan == nan
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_solver_matches_assign_images_exactly(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        docs = int(rng.integers(1, 16))
+        n = rng.integers(0, 9, docs)
+        m = rng.integers(0, 10, docs)
+        mats = [_random_matrix(rng, int(a), int(b)) for a, b in zip(n, m)]
+        min_sim = float(rng.choice([0.15, 0.2, 0.1, -1.0, 0.15000001]))
+        got = assign_flat(np.concatenate([a.ravel() for a in mats]), n, m, min_sim)
+        start = 0
+        for a, rows in zip(mats, n):
+            _assert_same(assign_images(a, min_sim=min_sim), got, slice(start, start + rows))
+            start += rows
+        assert got.kept_per_doc.tolist() == [int(assign_images(a, min_sim).kept.sum()) for a in mats]
+
+
+def test_batch_solver_takes_the_argmax_fast_path_only_when_it_is_the_unique_optimum():
+    distinct = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)           # argmax 0, 1: no solver
+    clash = np.array([[0.9, 0.8], [0.7, 0.2]], np.float32)              # both want 0: solver
+    tie = np.array([[0.5, 0.5, 0.1]], np.float32)                       # one image, tied: solver
+    mats = [distinct, clash, tie]
+    got = assign_flat(np.concatenate([a.ravel() for a in mats]), [2, 2, 1], [2, 2, 3])
+    assert got.docs_solved == 2
+    assert got.matched_text_index.tolist() == [0, 1, 1, 0, assign_images(tie).matched_text_index[0]]
+
+
+def test_batch_solver_rejects_bad_input():
+    with pytest.raises(ValueError):
+        assign_flat(np.zeros(5), [2], [3])
+    with pytest.raises(ValueError):
+        assign_flat(np.array([0.2, np.nan]), [1], [2])
+
+
+def _clip_scores_frame(rng: np.random.Generator, docs: int) -> pl.DataFrame:
+    rows = []
+    for d in range(docs):
+        n, m = int(rng.integers(0, 7)), int(rng.integers(1, 9))
+        rows.append({
+            "doc_id": f"s:{d}", "url": f"https://example.com/{d}",
+            "text_list": [f"sentence {d}.{j}" for j in range(m)],
+            "images": [{"image_index": i * 2, "image_name": f"{d:04d}{i}.jpg", "raw_url": f"https://x/{d}/{i}.jpg",
+                        "phash": f"{d * 7 + i:016x}"} for i in range(n)],
+            "similarity_matrix": _random_matrix(rng, n, m).tolist(),
+        })
+    return pl.DataFrame(rows, schema=CLIP_SCORES_SCHEMA)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_assign_frame_matches_assign_document_row_by_row(seed):
+    rng = np.random.default_rng(100 + seed)
+    frame = _clip_scores_frame(rng, 200)
+    for min_sim in (0.15, 0.2, -1.0):
+        images = StepStats()
+        want = [r for r in (assign_document(row, min_sim, images) for row in frame.iter_rows(named=True)) if r]
+        got = assign_frame(frame, min_sim)
+        assert got.frame.schema == pl.Schema(ASSIGNMENTS_SCHEMA)
+        assert got.frame.to_dicts() == pl.DataFrame(want, schema=ASSIGNMENTS_SCHEMA).to_dicts()
+        assert (got.images_kept, got.images_dropped) == (images.kept, images.total_dropped)
+        assert got.docs_in == frame.height
+        assert got.matched_sim_sum == pytest.approx(sum(im["matched_sim"] for r in want for im in r["image_info"]))
+
+
+def test_assign_frame_handles_slices_and_empty_batches():
+    frame = _clip_scores_frame(np.random.default_rng(7), 50)
+    part = frame.slice(13, 20)   # arrow offsets that do not start at 0
+    images = StepStats()
+    want = [r for r in (assign_document(row, 0.15, images) for row in part.iter_rows(named=True)) if r]
+    assert assign_frame(part, 0.15).frame.to_dicts() == pl.DataFrame(want, schema=ASSIGNMENTS_SCHEMA).to_dicts()
+    empty = assign_frame(frame.clear(), 0.15)
+    assert empty.frame.height == 0 and empty.frame.schema == pl.Schema(ASSIGNMENTS_SCHEMA)
+
+
+def test_assign_frame_rejects_a_matrix_that_is_not_images_x_sentences():
+    frame = _clip_scores_frame(np.random.default_rng(3), 5).with_columns(
+        pl.col("text_list").list.concat(pl.lit(["one more"])))
+    with pytest.raises(ValueError, match="not images x sentences"):
+        assign_frame(frame, 0.15)

@@ -7,6 +7,7 @@ a fake table (autouse fixture) so no test can ever trigger a real lookup.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import ipaddress
 import random
@@ -49,6 +50,15 @@ def _png() -> bytes:
 
 PNG = _png()
 UA = "mmc4-assets-test/1.0"
+JPEG_MAGIC = b"\xff\xd8\xff\xe0"
+
+
+GZIP_BOMB = gzip.compress(PNG[:8] + bytes(64 * 1024 * 1024), compresslevel=9)
+
+
+def img_body(name: str) -> bytes:
+    """What /img/{name} serves: a JPEG signature (the download layer sniffs) and the name."""
+    return JPEG_MAGIC + f"image:{name}".encode()
 
 
 def settings(**overrides) -> FetchSettings:
@@ -60,6 +70,7 @@ def settings(**overrides) -> FetchSettings:
         read_timeout=2.0,
         total_timeout=5.0,
         user_agent=UA,
+        per_host_rps=0.0,  # the politeness tests set their own rate
     )
     base.update(overrides)
     return FetchSettings(**base)
@@ -107,6 +118,8 @@ class ImageServer:
                 web.get("/loop", self.loop_redirect),
                 web.get("/goto", self.goto),
                 web.get("/robots", self.robots),
+                web.get("/html-as-jpeg", self.html_as_jpeg),
+                web.get("/gzip-bomb", self.gzip_bomb),
             ]
         )
         self.runner = web.AppRunner(app, shutdown_timeout=1.0)
@@ -135,7 +148,7 @@ class ImageServer:
     # handlers ----------------------------------------------------------------
     async def img(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("delay", 0)))
-        body = f"image:{request.match_info['name']}".encode()
+        body = img_body(request.match_info["name"])
         return web.Response(body=body, content_type="image/jpeg")
 
     async def pixel(self, request: web.Request) -> web.Response:
@@ -158,11 +171,12 @@ class ImageServer:
         return web.Response(body=PNG, content_type="image/png")
 
     async def trickle(self, request: web.Request) -> web.StreamResponse:
-        """Headers at once, then one byte per ``interval`` seconds."""
+        """Headers and a PNG signature at once, then one byte per ``interval`` seconds."""
         interval = float(request.query.get("interval", 0.1))
         resp = web.StreamResponse(headers={"Content-Type": "image/png"})
         await resp.prepare(request)
         try:
+            await resp.write(PNG[:8])
             for _ in range(200):
                 await resp.write(b"x")
                 await asyncio.sleep(interval)
@@ -187,6 +201,7 @@ class ImageServer:
         chunk = b"x" * 65536
         self.bytes_sent["chunked"] = 0
         try:
+            await resp.write(PNG[:8])
             for _ in range(1024):
                 await resp.write(chunk)
                 self.bytes_sent["chunked"] += len(chunk)
@@ -211,6 +226,26 @@ class ImageServer:
 
     async def goto(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(request.query["to"])
+
+    async def html_as_jpeg(self, request: web.Request) -> web.StreamResponse:
+        """A 64 MiB HTML page that claims to be a JPEG."""
+        resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        chunk = b"<html>" + b"a" * 65530
+        self.bytes_sent["html"] = 0
+        try:
+            for _ in range(1024):
+                await resp.write(chunk)
+                self.bytes_sent["html"] += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    async def gzip_bomb(self, request: web.Request) -> web.Response:
+        """~64 KiB on the wire that inflates to a PNG signature plus 64 MiB of zeros."""
+        headers = {"Content-Type": "image/png", "Content-Encoding": "gzip"}
+        return web.Response(body=GZIP_BOMB, headers=headers)
 
     async def robots(self, request: web.Request) -> web.Response:
         headers = {"X-Robots-Tag": request.query["tag"]}
@@ -257,6 +292,7 @@ def sentinel():
 
 # --------------------------------------------------------------------------- fake DNS
 
+DNS_LOOKUPS: Counter[str] = Counter()
 FAKE_DNS = {
     "localhost": ["127.0.0.1"],
     "img.test": ["127.0.0.1"],
@@ -283,10 +319,14 @@ def fake_dns(monkeypatch):
     """Replace the real lookup for every test: unknown names fail like NXDOMAIN."""
 
     async def lookup(self, host, port, family):
+        DNS_LOOKUPS[host] += 1
+        if host == "slowdns.test":  # a resolver that never answers
+            await asyncio.sleep(30)
         if host not in FAKE_DNS:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return [_resolve_result(host, addr, port) for addr in FAKE_DNS[host]]
 
+    DNS_LOOKUPS.clear()
     monkeypatch.setattr(GuardedResolver, "_lookup", lookup)
 
 
@@ -442,6 +482,63 @@ def test_empty_body(server):
     assert r.status == "empty_body"
 
 
+def test_html_bytes_behind_image_type_stop_after_first_chunk(server):
+    start = time.monotonic()
+    [r] = fetch_all([server.url("/html-as-jpeg")], settings())
+    assert (r.status, r.content_type, r.body) == ("not_an_image", "image/jpeg", None)
+    assert time.monotonic() - start < 3
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and server.bytes_sent.get("html", 0) == 0:
+        time.sleep(0.05)
+    assert server.bytes_sent["html"] < 32 * 1024 * 1024  # we hung up long before 64 MiB
+
+
+def test_gzip_bomb_is_capped_after_inflating(server):
+    [r] = fetch_all([server.url("/gzip-bomb")], settings(max_bytes=1024 * 1024))
+    assert (r.status, r.body) == ("too_large", None)
+
+
+@pytest.mark.parametrize(
+    "head, ok",
+    [
+        (b"\xff\xd8\xff\xdb", True),
+        (PNG[:8], True),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", True),
+        (b"<!DOCTYPE html>", False),
+        (b"{\"error\": 1}", False),
+    ],
+)
+def test_body_sniffing_decides_not_the_header(head, ok):
+    assert (fh.sniff_image_format(head) is not None) is ok
+
+
+# --------------------------------------------------------------------------- politeness
+
+
+def test_per_host_rate_limit_spaces_request_starts(server):
+    urls = [server.url(f"/img/r{i}") for i in range(6)]
+    start = time.monotonic()
+    results = fetch_all(urls, settings(per_host_rps=5.0, per_host=8))
+    elapsed = time.monotonic() - start
+    assert [r.status for r in results] == ["ok"] * 6
+    assert 0.9 <= elapsed < 3  # five gaps of 0.2 s
+
+
+def test_unthrottled_hosts_skip_the_rate_limit(server):
+    urls = [server.url(f"/img/u{i}") for i in range(6)]
+    start = time.monotonic()
+    results = fetch_all(urls, settings(per_host_rps=1.0, unthrottled_hosts=frozenset({"127.0.0.1"})))
+    assert [r.status for r in results] == ["ok"] * 6
+    assert time.monotonic() - start < 0.9
+
+
+def test_redirect_hops_and_retries_are_paced_too(server):
+    start = time.monotonic()
+    [r] = fetch_all([server.url("/redirect/2")], settings(per_host_rps=4.0, max_redirects=5))
+    assert r.status == "ok"
+    assert time.monotonic() - start >= 0.45  # three requests to one host, 0.25 s apart
+
+
 # --------------------------------------------------------------------------- redirects
 
 
@@ -493,6 +590,20 @@ def test_unknown_name_is_dns_error():
     assert (r.status, r.attempts) == ("dns_error", 1)
 
 
+def test_dead_domain_is_looked_up_once():
+    urls = [f"http://nxdomain.test/{i}.jpg" for i in range(5)]
+    results = fetch_all(urls, settings(allow_private=False, per_host=1))
+    assert [r.status for r in results] == ["dns_error"] * 5
+    assert DNS_LOOKUPS["nxdomain.test"] == 1  # negative cache
+
+
+def test_stalled_dns_is_a_bounded_timeout():
+    start = time.monotonic()
+    [r] = fetch_all(["http://slowdns.test/a.jpg"], settings(dns_timeout=0.3, retries=1))
+    assert (r.status, r.attempts) == ("timeout", 2)
+    assert time.monotonic() - start < 2
+
+
 def test_name_is_fetched_through_resolver_when_private_allowed(server):
     [r] = fetch_all([server.url("/pixel.png", host="img.test")], settings(allow_private=True))
     assert (r.status, r.body) == ("ok", PNG)
@@ -528,7 +639,10 @@ def test_redirect_to_private_address_is_blocked(server, sentinel, target):
 # ------------------------------------------------------------- opt-out, rewrites, urls
 
 
-@pytest.mark.parametrize("tag", ["noai", "NoImageAI", "noindex, noai", "otherbot: noai"])
+@pytest.mark.parametrize(
+    "tag",
+    ["noai", "NoImageAI", "noindex, noai", "mmc4-assets-test: noai", "IMG2DATASET: noimageai"],
+)
 def test_x_robots_tag_opt_out(server, tag):
     url = server.url(f"/robots?tag={tag}")
     [r] = fetch_all([url], settings())
@@ -537,8 +651,10 @@ def test_x_robots_tag_opt_out(server, tag):
     assert (r.status, r.body) == ("ok", PNG)
 
 
-def test_harmless_x_robots_tag_is_ok(server):
-    [r] = fetch_all([server.url("/robots?tag=noindex")], settings())
+@pytest.mark.parametrize("tag", ["noindex", "otherbot: noai", "googlebot: noindex, noimageai"])
+def test_harmless_or_foreign_x_robots_tag_is_ok(server, tag):
+    # a directive scoped to another bot does not apply to us (img2dataset's rule)
+    [r] = fetch_all([server.url(f"/robots?tag={tag}")], settings())
     assert r.status == "ok"
 
 
@@ -549,7 +665,7 @@ def test_url_rewrites_longest_prefix_wins_and_raw_url_is_kept(server):
     }
     raw = "http://mirror.test/images/cat"
     [r] = fetch_all([raw], settings(url_rewrites=rewrites))
-    assert (r.status, r.raw_url, r.body) == ("ok", raw, b"image:cat")
+    assert (r.status, r.raw_url, r.body) == ("ok", raw, img_body("cat"))
     assert r.final_url == server.url("/img/cat")
 
 
@@ -579,7 +695,7 @@ def test_order_preserved_for_mixed_concurrent_urls(server):
         kind = i % 5
         if kind in (0, 1):
             urls.append(server.url(f"/img/n{i}?delay={rng.uniform(0, 0.1):.3f}"))
-            expected.append(("ok", f"image:n{i}".encode()))
+            expected.append(("ok", img_body(f"n{i}")))
         elif kind == 2:
             urls.append(server.url(f"/status/{404 if i % 2 else 410}"))
             expected.append((f"http_{404 if i % 2 else 410}", None))
@@ -619,7 +735,7 @@ def test_fetch_many_async_core_reports_each_result(server):
 def test_iter_fetch_streams_in_order(server):
     urls = [server.url(f"/img/s{i}") for i in range(7)]
     results = list(iter_fetch(iter(urls), settings(), batch_size=3))
-    assert [r.body for r in results] == [f"image:s{i}".encode() for i in range(7)]
+    assert [r.body for r in results] == [img_body(f"s{i}") for i in range(7)]
 
 
 def test_fetch_all_inside_running_loop(server):
@@ -701,10 +817,29 @@ def test_resolver_filters_blocked_addresses():
 def test_is_opted_out():
     assert is_opted_out(["noai"])
     assert is_opted_out(["index", "NOIMAGEAI"])
-    assert is_opted_out(["otherbot: noindex, noai"])
+    assert is_opted_out(["mybot: noindex, noai"], tokens=["MyBot"])
+    assert not is_opted_out(["otherbot: noindex, noai"], tokens=["mybot"])
+    assert not is_opted_out(["otherbot: noindex, noai"])
+    assert is_opted_out(["otherbot: noindex", "noai"], tokens=["mybot"])
     assert not is_opted_out(["noindex, nofollow"])
     assert not is_opted_out(["unavailable_after: 25 Jun 2010 15:00:00 PST"])
+    # a valued directive before the opt-out is no bot scope (img2dataset misreads this one)
+    assert is_opted_out(["unavailable_after: 25 Jun 2010 15:00:00 PST, noai"])
+    assert is_opted_out(["max-image-preview: large, noimageai"])
     assert not is_opted_out([])
+
+
+@pytest.mark.parametrize(
+    "user_agent, token",
+    [
+        ("mmc4-assets/0.1 (+https://example.invalid)", "mmc4-assets"),
+        ("Mozilla/5.0 (compatible; MyBot/2.1; +https://example.invalid/bot)", "mybot"),
+        ("plainname", "plainname"),
+    ],
+)
+def test_user_agent_token(user_agent, token):
+    assert fh.user_agent_token(user_agent) == token
+    assert token in FetchSettings(user_agent=user_agent).robots_tokens
 
 
 @pytest.mark.parametrize(

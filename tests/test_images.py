@@ -53,3 +53,98 @@ def test_transparent_png_is_flattened_to_rgb_jpeg():
     image, status = process_image(_encode(img, "PNG"))
     assert status == "ok"
     assert Image.open(io.BytesIO(image.data)).getpixel((10, 10)) >= (250, 250, 250)
+
+
+# --------------------------------------------------------------------------- hostile bytes, fast paths
+
+import random  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+import imagehash  # noqa: E402
+import pytest  # noqa: E402
+
+from mmc4_assets.fetch.images import fit_size, phash  # noqa: E402
+from mmc4_assets.fetch.sniff import sniff_image_format  # noqa: E402
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A ~100-byte PNG whose header declares width x height pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+
+
+def _photo(w, h, seed=0):
+    rng = random.Random(seed)
+    img = Image.new("RGB", (8, 8))
+    img.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(64)])
+    return img.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def test_small_png_declaring_20000x20000_is_a_bomb_and_never_decoded():
+    body = png_bomb()
+    assert len(body) < 200
+    assert process_image(body)[1] == "decompression_bomb"
+
+
+def test_truncated_large_jpeg_on_the_draft_path_is_undecodable():
+    good = _encode(_photo(2000, 1500))
+    assert process_image(good)[1] == "ok"
+    assert process_image(good[: len(good) * 2 // 3])[1] == "undecodable"
+
+
+def test_draft_decoding_keeps_exact_size_and_a_close_phash():
+    img = _photo(1900, 1300, seed=3)
+    image, status = process_image(_encode(img, "JPEG"))
+    assert status == "ok" and (image.width, image.height) == fit_size(1900, 1300, 800)
+    reference = img.copy()
+    reference.thumbnail((800, 800), Image.Resampling.LANCZOS)
+    assert imagehash.hex_to_hash(image.phash) - imagehash.phash(reference) <= 6
+
+
+def test_fit_size_matches_pillow_thumbnail():
+    rng = random.Random(0)
+    for _ in range(40):
+        w, h = rng.randint(150, 3000), rng.randint(150, 3000)
+        img = Image.new("L", (w, h))
+        img.thumbnail((800, 800), reducing_gap=None)
+        assert fit_size(w, h, 800) == img.size
+
+
+def test_phash_is_64_bit_hex_and_stable():
+    img = _photo(400, 300)
+    assert phash(img) == phash(img.copy()) and len(phash(img)) == 16
+    assert int(phash(img), 16) != 0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "BMP"])
+def test_other_web_formats_are_decoded(fmt):
+    image, status = process_image(_encode(_photo(300, 300), fmt))
+    assert status == "ok" and image.orig_format == fmt
+
+
+def test_the_bytes_decide_not_the_name():
+    # PNG bytes fetched from a .jpg URL are fine; a TIFF is an image we do not decode
+    assert process_image(_encode(_photo(300, 300), "PNG"))[1] == "ok"
+    assert process_image(_encode(_photo(300, 300), "TIFF"))[1] == "unsupported_format"
+    assert process_image(b"\x1f\x8b\x08\x00" + bytes(100))[1] == "not_an_image"  # gzip
+
+
+def test_cmyk_jpeg_is_stored_as_rgb():
+    image, status = process_image(_encode(_photo(300, 300).convert("CMYK")))
+    assert status == "ok"
+    assert Image.open(io.BytesIO(image.data)).mode == "RGB"
+
+
+@pytest.mark.parametrize("head, name", [
+    (b"\xff\xd8\xff\xe0", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF89a", "GIF"),
+    (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"), (b"II*\x00", "TIFF"),
+    (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"<html>", None), (b"BMany words of plain text", None), (b"", None),
+])
+def test_sniff_image_format(head, name):
+    assert sniff_image_format(head) == name

@@ -1,9 +1,8 @@
 import time
 
 import dagster as dg
-import polars as pl
 
-from mmc4_assets.clip.shard import CLIP_SCORES_SCHEMA, features_schema, score_batch
+from mmc4_assets.clip.shard import write_clip_scores
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, stats_metadata
 from mmc4_assets.defs.fetched_images import fetched_images
 from mmc4_assets.defs.partitions import shards
@@ -17,21 +16,10 @@ from mmc4_assets.stats import StepStats
 
 class ClipScoresConfig(dg.Config):
     docs_per_batch: int = 256
+    fetched_rows_per_batch: int = 4096  # fetched_images rows read at a time for the merge-join
 
 
-def _ok_images_by_doc(store, shard: str) -> dict[str, list[dict]]:
-    ok = (pl.scan_parquet(store.table_path("fetched_images", shard).path)
-          if store.is_local else store.read_table("fetched_images", shard).lazy())
-    ok = (ok.filter(pl.col("status") == "ok")
-            .select("doc_id", "image_index", "image_name", "raw_url", "phash")
-            .sort("doc_id", "image_index").collect())
-    grouped: dict[str, list[dict]] = {}
-    for row in ok.iter_rows(named=True):
-        grouped.setdefault(row["doc_id"], []).append(row)
-    return grouped
-
-
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"pytorch", "parquet"},
+@dg.asset(partitions_def=shards, group_name=GROUP, code_version="2", kinds={"pytorch", "parquet"},
           deps=[fetched_images, raw_c4], tags={"mmc4/stage": "clip"},
           op_tags={"mmc4/device": "gpu"})
 def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, clip: ClipModel,
@@ -41,27 +29,26 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
     started = time.perf_counter()
     encoder = clip.encoder()
     stats.timings["model_load"] = time.perf_counter() - started
-    images_by_doc = _ok_images_by_doc(store, shard)
-    seen: set[str] = set()
-    num_sentences = 0
-    with store.table_writer("clip_scores", shard, CLIP_SCORES_SCHEMA) as out, \
-            store.table_writer("clip_image_features", shard, features_schema(encoder.embed_dim)) as feats, \
-            stats.timer("score"):
-        for batch in store.iter_batches("raw_c4", shard, ["doc_id", "url", "text_list"], config.docs_per_batch):
-            rows, features = score_batch(batch.to_dicts(), images_by_doc, encoder, store.get_blob, stats, seen)
-            num_sentences += sum(len(r["text_list"]) for r in rows)
-            out.write(rows)
-            feats.write(features)
+    with clip.scorer(store.get_blob) as scorer, stats.timer("score"):
+        totals = write_clip_scores(store, shard, scorer, stats, docs_per_batch=config.docs_per_batch,
+                                   fetched_rows_per_batch=config.fetched_rows_per_batch)
+    stats.timings.update(scorer.timings)
+    seconds = stats.timings["score"]
     return dg.MaterializeResult(metadata={
         "num_docs": stats.kept,
-        "num_images_scored": len(seen),
-        "num_sentences": num_sentences,
+        "num_images_scored": totals.images_scored,
+        "num_sentences": totals.sentences,
+        "sentences_encoded": totals.sentences_encoded,  # distinct sentences missed by the shard cache
+        "images_encoded": totals.images_encoded,
+        "images_per_second": round(totals.images_encoded / seconds, 2) if seconds else 0.0,
         **stats_metadata(stats, "docs", "documents"),
         "model": encoder.description,
         "model_name": clip.model_name,
         "random_weights": encoder.spec.is_random,
         "device": encoder.device,
-        "precision": clip.precision,
+        "precision": encoder.precision,
+        "compiled": encoder.spec.compile,
+        "decode_workers": scorer.decode_workers,
         "config_hash": config_hash(config, clip.model_dump()),
         "path": dg.MetadataValue.path(store.uri("tables", "clip_scores", f"{shard}.parquet")),
         "features_path": dg.MetadataValue.path(store.uri("tables", "clip_image_features", f"{shard}.parquet")),

@@ -24,7 +24,9 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
     shard, store = context.partition_key, storage.store()
     docs, images = StepStats(), StepStats()
     # URL duplicates are judged over every document of the shard, not only the survivors.
-    # Corpus-wide flags and cross-shard image counts plug in here (a later stage's input).
+    # The corpus-wide rules (URL flags across shards, images in > 10 documents, near-duplicate
+    # texts, NSFW) need every shard: corpus_image_counts / corpus_doc_index gather them and
+    # published_shards applies them.
     url_flags = url_duplicate_flags(store.read_table("raw_c4", shard, ["url"])["url"].to_list())
     with store.table_writer("deduped_docs", shard, DEDUPED_SCHEMA) as out, docs.timer("dedup"):
         for batch in store.iter_batches("assignments", shard, batch_size=config.docs_per_batch):

@@ -1,5 +1,4 @@
-import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import dagster as dg
 
@@ -8,7 +7,7 @@ from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import ImageFetcher, StorageResource
 from mmc4_assets.fetch.images import ImageLimits
-from mmc4_assets.fetch.shard import FETCHED_SCHEMA, fetch_documents
+from mmc4_assets.fetch.shard import FETCHED_SCHEMA, FetchProgress, ShardOptions, fetch_documents
 from mmc4_assets.quality.rules import fetched_images_rules
 from mmc4_assets.stats import StepStats
 
@@ -18,11 +17,17 @@ class FetchConfig(dg.Config):
     max_aspect: float = 2.0
     max_side: int = 800
     docs_per_batch: int = 500
-    decode_workers: int = 2
+    decode_workers: int = 0  # threads that decode, resize, hash and store; 0 = cores + 1
+    # Rows in this shard's fetch log that a re-run reuses instead of requesting again:
+    # none = all of them; transient (default) = all but timeouts, connection errors,
+    # 429 and 5xx; failures = only ok rows; all = ignore the log.
+    refetch: Literal["none", "transient", "failures", "all"] = "transient"
+    log_flush_rows: int = 2048  # the fetch log gets a new part this often (or every 30 s)
+    progress_log_seconds: float = 15.0
 
 
 @dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"parquet"},
-          deps=[raw_c4], tags={"mmc4/stage": "fetch"},
+          deps=[raw_c4], tags={"mmc4/stage": "fetch"}, pool="mmc4_fetch",
           retry_policy=dg.RetryPolicy(max_retries=1, delay=30))
 def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetcher: ImageFetcher,
                    storage: StorageResource) -> dg.MaterializeResult:
@@ -30,34 +35,38 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
     shard, store, stats = context.partition_key, storage.store(), StepStats()
     limits = ImageLimits(min_side=config.min_side, max_aspect=config.max_aspect, max_side=config.max_side)
     settings = fetcher.settings()
+    options = ShardOptions(refetch=config.refetch, workers=config.decode_workers,
+                           log_flush_rows=config.log_flush_rows,
+                           progress_every=config.progress_log_seconds)
     total = store.read_table("raw_c4", shard, ["image_urls"])["image_urls"].list.len().sum() or 0
-    started = time.perf_counter()
-    last_log = [started]
+    final: list[FetchProgress] = []
 
-    def progress(done_in_batch: int, batch_total: int) -> None:
-        now = time.perf_counter()
-        if now - last_log[0] >= 15:  # long shards report in the run log, short ones stay quiet
-            last_log[0] = now
-            done = stats.seen + done_in_batch
-            context.log.info(f"{shard}: fetched {done}/{total} images, "
-                             f"{done / max(now - started, 1e-9):.1f} img/s")
+    def progress(p: FetchProgress) -> None:
+        final[:] = [p]
+        context.log.info(f"{shard}: {p.describe()}")
 
-    with store.table_writer("fetched_images", shard, FETCHED_SCHEMA) as out, \
-            ThreadPoolExecutor(config.decode_workers) as pool:
-        for batch in store.iter_batches("raw_c4", shard, ["doc_id", "image_urls"], config.docs_per_batch):
-            out.write(fetch_documents(batch.to_dicts(), settings, limits, store.put_blob, stats, pool,
-                                      on_progress=progress))
-    stats.timings["fetch"] = time.perf_counter() - started
+    docs = (doc for batch in store.iter_batches("raw_c4", shard, ["doc_id", "image_urls"], config.docs_per_batch)
+            for doc in batch.iter_rows(named=True))
+    with store.table_writer("fetched_images", shard, FETCHED_SCHEMA) as out, stats.timer("fetch"):
+        for row in fetch_documents(docs, store=store, shard=shard, settings=settings, limits=limits,
+                                   stats=stats, options=options, total=total, on_progress=progress):
+            out.append(row)
     seen = stats.seen
+    reused = final[0].reused if final else 0
     return dg.MaterializeResult(metadata={
         "num_candidates": seen,
         "num_ok": stats.kept,
+        "num_reused_from_fetch_log": reused,
+        "num_requested": seen - reused,
         "success_rate": round(stats.kept / seen, 4) if seen else 0.0,
         "images_per_second": round(seen / stats.timings["fetch"], 2) if seen else 0.0,
         **stats_metadata(stats, "images", "images"),
         "min_side": config.min_side, "max_aspect": config.max_aspect, "max_side": config.max_side,
         "allow_private": settings.allow_private,
-        "config_hash": config_hash(config, settings.__dict__ | {"url_rewrites": sorted(settings.url_rewrites)}),
+        "refetch": config.refetch,
+        "user_agent": settings.user_agent,
+        "config_hash": config_hash(config.model_dump(exclude={"refetch", "progress_log_seconds"}),
+                                   settings.__dict__ | {"url_rewrites": sorted(settings.url_rewrites)}),
         "path": dg.MetadataValue.path(store.uri("tables", "fetched_images", f"{shard}.parquet")),
     })
 

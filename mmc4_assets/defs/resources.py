@@ -8,41 +8,104 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
+from dagster_aws.s3.resources import ResourceWithS3Configuration
 from pydantic import PrivateAttr
 from upath import UPath
 
+from mmc4_assets.defs.classifiers import FeatureClassifiers
 from mmc4_assets.defs.quality import DataQuality
 from mmc4_assets.fetch.http import FetchSettings
 from mmc4_assets.storage import ShardStore
+from mmc4_assets.storage.s3 import options_for, s3fs_storage_options
 
 SHARD_SUFFIX = ".json.gz"
+# dagster-aws's S3 settings (ResourceWithS3Configuration, S3Resource): the same names here
+S3_FIELDS = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key",
+             "aws_session_token", "profile_name", "use_unsigned_session", "use_ssl", "verify",
+             "max_attempts")
 
 
-class StorageResource(dg.ConfigurableResource):
-    """Storage root for every asset's output: a local directory or s3://bucket/prefix."""
+def s3_fields(s3: ResourceWithS3Configuration | None) -> dict[str, Any]:
+    """The S3 settings of a dagster-aws ``S3Resource``, to configure a storage resource alike."""
+    if s3 is None:
+        return {}
+    return {name: getattr(s3, name) for name in S3_FIELDS
+            if getattr(s3, name) != ResourceWithS3Configuration.model_fields[name].default}
+
+
+def s3_storage_options(s3: ResourceWithS3Configuration) -> dict[str, Any]:
+    """s3fs options from dagster-aws S3 settings; unset ones fall to the default AWS chain."""
+    return s3fs_storage_options(**{name: getattr(s3, name) for name in S3_FIELDS})
+
+
+class StorageResource(ResourceWithS3Configuration):
+    """Storage root for every asset's output: a local directory or s3://bucket/prefix.
+
+    The S3 fields are dagster-aws's (``S3Resource``'s): endpoint, region, credentials,
+    retries. Left unset, s3fs uses AWS_* variables, the ECS task role or IRSA on EKS.
+    """
 
     root: str
 
     def store(self) -> ShardStore:
-        return ShardStore(self.root)
+        return ShardStore(self.root, options_for(self.root, s3_storage_options(self)))
 
 
-class ShardSource(dg.ConfigurableResource):
-    """Where C4-format shards and the page archives (WARC/WAT) of their URLs live."""
+class CommonCrawlConfig(dg.Config):
+    """Common Crawl as a page source: CDX index lookup by URL, then a byte-range read of the record."""
+
+    index_url: str = "https://index.commoncrawl.org"
+    # C4 (c4-en) was cut from the 2019-18 crawl; several collections are tried in order
+    collections: list[str] = ["CC-MAIN-2019-18"]
+    # where the index's `filename`s live: the public bucket, or https://data.commoncrawl.org/
+    archive_root: str = "s3://commoncrawl/"
+    # the crawl bucket is AWS's (us-east-1), also when the storage root is another S3 service
+    endpoint_url: str | None = None
+    region_name: str | None = "us-east-1"
+    concurrency: int = 16          # index lookups and range reads in flight per shard
+    timeout: float = 30.0
+    retries: int = 4               # the public index answers 503 under load: back off and retry
+    user_agent: str = "mmc4-assets/0.1 (+https://github.com/mmc4-assets/mmc4-assets)"
+
+    def settings(self):
+        from mmc4_assets.pages.cc_index import CommonCrawlSettings
+
+        options = s3fs_storage_options(endpoint_url=self.endpoint_url, region_name=self.region_name)
+        return CommonCrawlSettings(
+            index_url=self.index_url, collections=tuple(self.collections),
+            archive_root=self.archive_root, storage_options=options_for(self.archive_root, options),
+            concurrency=self.concurrency, timeout=self.timeout, retries=self.retries,
+            user_agent=self.user_agent)
+
+
+class ShardSource(ResourceWithS3Configuration):
+    """Where C4-format shards and the page archives (WARC/WAT) of their URLs live.
+
+    ``shards_root`` and ``page_archives`` may be local or s3:// (S3 fields as in
+    ``StorageResource``); pages not found in the archives are looked up in Common Crawl
+    when ``common_crawl`` is set.
+    """
 
     shards_root: str
     page_archives: list[str] = []  # paths or globs of .warc.gz / .wat.gz files
+    common_crawl: CommonCrawlConfig | None = None
+
+    def _options(self, url: str) -> dict[str, Any]:
+        return options_for(url, s3_storage_options(self))
 
     def _root(self) -> UPath:
-        return UPath(self.shards_root)
+        return UPath(self.shards_root, **self._options(self.shards_root))
 
     def list_shards(self) -> list[str]:
         """Partition keys: file names under shards_root without the .json.gz suffix."""
         root = self._root()
-        if not root.exists():
+        try:
+            root.fs.invalidate_cache(root.path)  # a sensor lists again every tick
+            names = [name.rstrip("/").rsplit("/", 1)[-1] for name in root.fs.ls(root.path, detail=False)]
+        except FileNotFoundError:
             return []
-        return sorted(p.name[: -len(SHARD_SUFFIX)] for p in root.iterdir()
-                      if p.name.endswith(SHARD_SUFFIX))
+        return sorted(n[: -len(SHARD_SUFFIX)] for n in names if n.endswith(SHARD_SUFFIX))
 
     def shard_path(self, key: str) -> UPath:
         if "/" in key or "\\" in key or key in ("", ".", ".."):
@@ -53,16 +116,18 @@ class ShardSource(dg.ConfigurableResource):
         paths: list[str] = []
         for pattern in self.page_archives:
             if "://" in pattern:
-                fs_path = UPath(pattern)
-                paths += [str(p) for p in fs_path.fs.glob(pattern)] if any(c in pattern for c in "*?[") \
-                    else [pattern]
+                fs = UPath(pattern, **self._options(pattern)).fs
+                # fsspec globs without the protocol: put it back so open() reaches the same store
+                paths += sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern)) \
+                    if any(c in pattern for c in "*?[") else [pattern]
             else:
                 paths += sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         return paths
 
-    @staticmethod
-    def open(path: str):
-        return UPath(path).open("rb")
+    def open(self, path: str):
+        """A streaming binary reader (s3fs reads ahead in blocks; nothing is downloaded whole)."""
+        path = str(path)
+        return UPath(path, **self._options(path)).open("rb")
 
 
 class ImageFetcher(dg.ConfigurableResource):
@@ -80,6 +145,14 @@ class ImageFetcher(dg.ConfigurableResource):
     allow_private: bool = False
     respect_opt_out: bool = True
     url_rewrites: dict[str, str] = {}
+    per_host_rps: float = 10.0  # request starts per second to one host; 0 = unlimited
+    unthrottled_hosts: list[str] = []  # hosts you operate (mirrors): no per-host rate limit
+    dns_timeout: float = 5.0
+    max_retry_after: float = 10.0
+    backoff_base: float = 0.5
+    # X-Robots-Tag directives scoped to these bots ("img2dataset: noai") apply to us too,
+    # besides those scoped to our user-agent token and unscoped ones.
+    opt_out_tokens: list[str] = ["img2dataset"]
     # Start the bundled sample's image server on 127.0.0.1 for the run (sample profile only).
     serve_sample_images: bool = False
     _server: Any = PrivateAttr(default=None)
@@ -98,15 +171,20 @@ class ImageFetcher(dg.ConfigurableResource):
 
     def settings(self) -> FetchSettings:
         rewrites = dict(self.url_rewrites)
+        unthrottled = {h.lower() for h in self.unthrottled_hosts}
         if self._server is not None:
             rewrites.update(self._server.rewrites)
+            unthrottled.add(self._server.address[0])  # our own loopback server: no politeness wait
         return FetchSettings(
             concurrency=self.concurrency, per_host=self.per_host,
             connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
             total_timeout=self.total_timeout, max_bytes=self.max_bytes,
             max_redirects=self.max_redirects, retries=self.retries, user_agent=self.user_agent,
             allow_private=self.allow_private, respect_opt_out=self.respect_opt_out,
-            url_rewrites=rewrites)
+            url_rewrites=rewrites, per_host_rps=self.per_host_rps,
+            unthrottled_hosts=frozenset(unthrottled), dns_timeout=self.dns_timeout,
+            max_retry_after=self.max_retry_after, backoff_base=self.backoff_base,
+            opt_out_tokens=tuple(self.opt_out_tokens))
 
 
 class ClipModel(dg.ConfigurableResource):
@@ -115,9 +193,15 @@ class ClipModel(dg.ConfigurableResource):
     model_name: str = "ViT-L-14"
     pretrained: str | None = "openai"  # an open_clip tag, a local checkpoint path, or None = random init
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 where the device has it natively (GPUs, AMX CPUs), else fp32
     batch_size: int = 64
     seed: int = 0
+    text_batch_size: int = 256  # sentences per forward pass, sorted by length and cut to it
+    compile: bool = False  # torch.compile both towers (pays on GPUs; measure before turning on for CPUs)
+    fast_decode: bool = True  # JPEG decode at 1/2-1/8 DCT scale when still >= the model's input size
+    decode_workers: int = 0  # image decode/preprocess threads; 0: all cores with a GPU, 2 on CPU
+    sentence_cache_size: int = 32768  # sentence embeddings kept across a shard's batches (LRU)
+    image_cache_size: int = 4096  # image embeddings kept across a shard's batches (LRU)
     _encoder: Any = PrivateAttr(default=None)
 
     def encoder(self):
@@ -126,34 +210,96 @@ class ClipModel(dg.ConfigurableResource):
 
             self._encoder = ClipEncoder(ClipSpec(
                 model_name=self.model_name, pretrained=self.pretrained, device=self.device,
-                precision=self.precision, batch_size=self.batch_size, seed=self.seed))
+                precision=self.precision, batch_size=self.batch_size,
+                text_batch_size=self.text_batch_size, seed=self.seed, compile=self.compile,
+                fast_decode=self.fast_decode))
         return self._encoder
 
+    def scorer(self, load_image):
+        """A ShardScorer for one shard (caches and decode pool live as long as it does)."""
+        from mmc4_assets.clip.scoring import ShardScorer
 
-def sample_resources(storage_root: str) -> dict[str, Any]:
-    """The bundled sample: its shard and archives, its loopback image server, a tiny random CLIP."""
+        return ShardScorer(self.encoder(), load_image, decode_workers=self.decode_workers,
+                           sentence_cache_size=self.sentence_cache_size,
+                           image_cache_size=self.image_cache_size)
+
+
+def sample_resources(storage_root: str, *, shards_root: str | None = None,
+                     page_archives: list[str] | None = None, s3: S3Resource | None = None,
+                     common_crawl: CommonCrawlConfig | None = None) -> dict[str, Any]:
+    """The bundled sample: its shard and archives, its loopback image server, a tiny random CLIP.
+
+    ``shards_root``/``page_archives`` point at copies elsewhere (e.g. uploaded to s3://);
+    ``s3``'s settings reach every s3:// root; ``common_crawl`` adds the CC index as a page source.
+    """
     from mmc4_assets.sample.server import sample_page_archives, sample_shard_path
 
+    archives = [str(p) for p in sample_page_archives()] if page_archives is None else page_archives
     return {
-        "storage": StorageResource(root=storage_root),
-        "source": ShardSource(shards_root=str(sample_shard_path().parent),
-                              page_archives=[str(p) for p in sample_page_archives()]),
+        "storage": StorageResource(root=storage_root, **s3_fields(s3)),
+        "source": ShardSource(shards_root=shards_root or str(sample_shard_path().parent),
+                              page_archives=archives, common_crawl=common_crawl, **s3_fields(s3)),
         # the sample's images are served on 127.0.0.1, so private targets are allowed here only
         "fetcher": ImageFetcher(allow_private=True, serve_sample_images=True, concurrency=16,
                                 total_timeout=10.0, retries=1),
         "clip": ClipModel(model_name="mmc4-tiny-random", pretrained=None, batch_size=32),
         "quality": DataQuality(),
+        # no weights: NSFW and face filters are OFF, and the metadata says so
+        "classifiers": FeatureClassifiers(),
     }
 
 
+def _env_list(name: str) -> list[str]:
+    return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
+
+
+def s3_resource_from_env(prefix: str = "MMC4_S3_") -> S3Resource | None:
+    """An S3Resource from ``{prefix}ENDPOINT_URL``, ``REGION``, ``PROFILE``, ``ACCESS_KEY_ID``,
+    ``SECRET_ACCESS_KEY``, ``SESSION_TOKEN``, ``MAX_ATTEMPTS``; None when none is set (then
+    s3fs uses the default AWS chain: AWS_* variables, the ECS task role, IRSA on EKS).
+
+    Values are bound as ``EnvVar``s: read when a run starts, never shown in the UI.
+    """
+    fields = {"ENDPOINT_URL": "endpoint_url", "REGION": "region_name", "PROFILE": "profile_name",
+              "ACCESS_KEY_ID": "aws_access_key_id", "SECRET_ACCESS_KEY": "aws_secret_access_key",
+              "SESSION_TOKEN": "aws_session_token"}
+    kwargs: dict[str, Any] = {field: dg.EnvVar(prefix + var) for var, field in fields.items()
+                              if os.environ.get(prefix + var)}
+    if os.environ.get(prefix + "MAX_ATTEMPTS"):
+        kwargs["max_attempts"] = dg.EnvVar.int(prefix + "MAX_ATTEMPTS")
+    return S3Resource(**kwargs) if kwargs else None
+
+
+def common_crawl_from_env() -> CommonCrawlConfig | None:
+    """Common Crawl as a page source when ``MMC4_CC_INDEX_URL`` is set (e.g. https://index.commoncrawl.org)."""
+    index_url = os.environ.get("MMC4_CC_INDEX_URL")
+    if not index_url:
+        return None
+    defaults = CommonCrawlConfig.model_fields
+    return CommonCrawlConfig(
+        index_url=index_url,
+        collections=_env_list("MMC4_CC_COLLECTIONS") or defaults["collections"].default,
+        archive_root=os.environ.get("MMC4_CC_ARCHIVE_ROOT", defaults["archive_root"].default),
+        concurrency=int(os.environ.get("MMC4_CC_CONCURRENCY", defaults["concurrency"].default)),
+        # the crawl bucket is AWS's (us-east-1) even when the storage root is another S3 service
+        endpoint_url=os.environ.get("MMC4_CC_S3_ENDPOINT_URL") or None)
+
+
 def production_resources() -> dict[str, Any]:
-    """Everything from the environment; see README "Point it at real data"."""
+    """Everything from the environment; see README "Point it at real data" and "Production deployment"."""
+    s3 = s3_resource_from_env()
     return {
-        "storage": StorageResource(root=dg.EnvVar("MMC4_STORAGE_ROOT")),
+        "storage": StorageResource(root=dg.EnvVar("MMC4_STORAGE_ROOT"), **s3_fields(s3)),
         "source": ShardSource(shards_root=dg.EnvVar("MMC4_SHARDS_ROOT"),
-                              page_archives=[p for p in os.environ.get("MMC4_PAGE_ARCHIVES", "").split(",") if p]),
+                              page_archives=_env_list("MMC4_PAGE_ARCHIVES"),
+                              common_crawl=common_crawl_from_env(), **s3_fields(s3)),
         "fetcher": ImageFetcher(user_agent=os.environ.get("MMC4_USER_AGENT", ImageFetcher.model_fields["user_agent"].default)),
         "quality": DataQuality(),
+        "classifiers": FeatureClassifiers(
+            nsfw_weights=os.environ.get("MMC4_NSFW_WEIGHTS") or None,
+            face_weights=os.environ.get("MMC4_FACE_WEIGHTS") or None,
+            feature_model=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
+        ),
         "clip": ClipModel(model_name=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
                           pretrained=os.environ.get("MMC4_CLIP_PRETRAINED", "openai") or None,
                           device=os.environ.get("MMC4_CLIP_DEVICE", "auto")),
@@ -167,9 +313,14 @@ def default_storage_root() -> str:
 @dg.definitions
 def resources() -> dg.Definitions:
     # MMC4_PROFILE=sample (default) runs the bundled sample; =production reads MMC4_* variables.
+    # MMC4_EXECUTOR=k8s|ecs runs each step of a shard's run in its own pod/task (see deploy/).
+    from mmc4_assets.deploy.executors import executor_from_env
+
+    executor = executor_from_env()
     profile = os.environ.get("MMC4_PROFILE", "sample")
     if profile == "production":
-        return dg.Definitions(resources=production_resources())
+        return dg.Definitions(resources=production_resources(), executor=executor)
     if profile != "sample":
         raise ValueError(f"MMC4_PROFILE must be 'sample' or 'production', not {profile!r}")
-    return dg.Definitions(resources=sample_resources(default_storage_root()))
+    return dg.Definitions(resources=sample_resources(default_storage_root(), s3=s3_resource_from_env()),
+                          executor=executor)

@@ -11,6 +11,11 @@ Design notes:
   IP-literal hosts never reach a resolver, so they are checked up front.
 * Every URL yields exactly one :class:`FetchResult`, bounded by
   ``total_timeout`` (retries and back-off waits included).
+* Politeness: at most ``per_host`` requests in flight and ``per_host_rps`` requests
+  per second to one host; X-Robots-Tag ``noai``/``noimageai`` are honoured (see
+  :func:`is_opted_out` for bot-scoped directives).
+* A body whose first bytes are no image signature is dropped as ``not_an_image``
+  after its first chunk, whatever its Content-Type said.
 """
 
 from __future__ import annotations
@@ -24,16 +29,18 @@ import math
 import random
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import aiohttp
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
+
+from mmc4_assets.fetch.sniff import SNIFF_BYTES, sniff_image_format
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +83,43 @@ class FetchSettings:
     allow_private: bool = False  # refuse non-public addresses unless True
     respect_opt_out: bool = True  # X-Robots-Tag noai / noimageai -> "opted_out"
     url_rewrites: Mapping[str, str] = field(default_factory=dict)  # prefix -> prefix
+    per_host_rps: float = 10.0  # request starts per second to one host; 0 = unlimited
+    unthrottled_hosts: frozenset[str] = frozenset()  # e.g. your own mirror: no rate limit
+    dns_timeout: float = 5.0  # a stalled lookup becomes "timeout" instead of eating the budget
+    # Bot names whose scoped X-Robots-Tag directives ("name: noai") apply to us, besides
+    # the product token of user_agent; img2dataset's because sites used it to opt out of
+    # exactly this kind of crawl.
+    opt_out_tokens: tuple[str, ...] = ("img2dataset",)
 
     def __post_init__(self) -> None:
         # Fail fast on configs that would deadlock or never fetch anything.
         if self.concurrency < 1 or self.per_host < 1:
             raise ValueError("concurrency and per_host must be >= 1")
-        if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
+        if min(self.connect_timeout, self.read_timeout, self.total_timeout, self.dns_timeout) <= 0:
             raise ValueError("timeouts must be > 0")
+        if self.per_host_rps < 0:
+            raise ValueError("per_host_rps must be >= 0 (0 = unlimited)")
         if self.max_bytes < 1 or self.max_redirects < 0 or self.retries < 0:
             raise ValueError("max_bytes must be >= 1; max_redirects, retries >= 0")
         if self.backoff_base < 0 or self.max_retry_after < 0:
             raise ValueError("backoff_base and max_retry_after must be >= 0")
+
+    @property
+    def robots_tokens(self) -> frozenset[str]:
+        """Lower-case bot names a scoped X-Robots-Tag directive must name to apply to us."""
+        return frozenset({user_agent_token(self.user_agent), *(t.lower() for t in self.opt_out_tokens)}) - {""}
+
+
+def user_agent_token(user_agent: str) -> str:
+    """The product token robots rules address: 'mmc4-assets/0.1 (+url)' -> 'mmc4-assets'.
+
+    For a browser-style 'Mozilla/5.0 (compatible; mybot/2.1; +url)' it is the name inside
+    the 'compatible;' comment, as for Googlebot.
+    """
+    compatible = re.search(r"compatible;\s*([A-Za-z0-9._-]+)", user_agent)
+    if compatible:
+        return compatible.group(1).lower()
+    return re.split(r"[/\s]", user_agent.strip(), maxsplit=1)[0].lower()
 
 
 @dataclass
@@ -121,6 +154,10 @@ class BlockedAddressError(OSError):
     Subclasses OSError so aiohttp's connector wraps it like any resolver
     failure (ClientConnectorDNSError); we then recognise it in the cause chain.
     """
+
+
+class DnsTimeoutError(OSError):
+    """A lookup took longer than ``dns_timeout``: transient, reported as ``timeout``."""
 
 
 def is_blocked_address(ip: IPAddress) -> bool:
@@ -179,24 +216,68 @@ def filter_resolved(host: str, results: list[ResolveResult]) -> list[ResolveResu
     return allowed
 
 
+# getaddrinfo errors that mean "this name does not exist" rather than "try again".
+_PERMANENT_DNS_ERRORS = frozenset(
+    code for code in (getattr(socket, name, None) for name in ("EAI_NONAME", "EAI_NODATA")) if code
+)
+_NEGATIVE_CACHE_MAX = 10_000
+
+
 class GuardedResolver(DefaultResolver):
     """Resolver that drops non-public addresses before the connector sees them.
 
     Because filtering happens on the resolution the connector uses (and
     caches), a name cannot pass a check and then connect elsewhere.
+
+    Lookups are bounded by ``timeout``, and names that do not exist or resolve only to
+    blocked addresses are remembered for ``negative_ttl`` seconds: a dead domain with
+    fifty images on a page costs one lookup, not fifty (the connector caches successes).
     """
 
-    def __init__(self, *, allow_private: bool, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        timeout: float | None = None,
+        negative_ttl: float = 60.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ):
         super().__init__(loop=loop)
         self._allow_private = allow_private
+        self._timeout = timeout
+        self._negative_ttl = negative_ttl
+        self._negative: dict[str, tuple[float, OSError]] = {}
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         if not self._allow_private and is_local_hostname(host):
             raise BlockedAddressError(f"{host!r} is a loopback name")
-        results = await self._lookup(host, port, family)
-        return results if self._allow_private else filter_resolved(host, results)
+        now = asyncio.get_running_loop().time()
+        remembered = self._negative.get(host)
+        if remembered is not None and remembered[0] > now:
+            error = remembered[1]
+            raise type(error)(*error.args)
+        try:
+            async with asyncio.timeout(self._timeout):
+                results = await self._lookup(host, port, family)
+            return results if self._allow_private else filter_resolved(host, results)
+        except TimeoutError:
+            raise DnsTimeoutError(f"lookup of {host!r} timed out") from None
+        except BlockedAddressError as exc:
+            self._remember(host, exc, now)
+            raise
+        except socket.gaierror as exc:
+            if exc.errno in _PERMANENT_DNS_ERRORS:
+                self._remember(host, exc, now)
+            raise
+
+    def _remember(self, host: str, error: OSError, now: float) -> None:
+        if len(self._negative) >= _NEGATIVE_CACHE_MAX:
+            self._negative = {h: v for h, v in self._negative.items() if v[0] > now}
+            if len(self._negative) >= _NEGATIVE_CACHE_MAX:
+                self._negative.clear()
+        self._negative[host] = (now + self._negative_ttl, error)
 
     async def _lookup(
         self, host: str, port: int, family: socket.AddressFamily
@@ -227,17 +308,38 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _HTTP_SCHEMES = frozenset({"http", "https"})
 
 
-def is_opted_out(values: Iterable[str]) -> bool:
-    """True if any X-Robots-Tag value carries noai/noimageai.
+# Directives that carry a value after a colon, so "name:" before them is no bot scope.
+_VALUED_DIRECTIVES = frozenset(
+    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
+)
+_BOT_TOKEN = re.compile(r"[A-Za-z0-9._-]+")
 
-    Values may be comma lists and may be scoped to a bot ("otherbot: noai");
-    scoped directives are honoured too, erring on the side of the opt-out.
+
+def is_opted_out(values: Iterable[str], tokens: Iterable[str] = ()) -> bool:
+    """True if an X-Robots-Tag value that applies to us carries noai/noimageai.
+
+    Same rule as img2dataset: a value may be scoped to one bot ("otherbot: noai,
+    noindex"); a scoped value applies only when it names one of ``tokens`` (our
+    user-agent token, compared case-insensitively); an unscoped value applies to all.
     """
+    ours = {t.lower() for t in tokens}
     for value in values:
-        for directive in value.split(","):
-            if directive.rsplit(":", 1)[-1].strip().lower() in _OPT_OUT_DIRECTIVES:
+        scope, directives = _split_scope(value)
+        if scope is not None and scope not in ours:
+            continue
+        for directive in directives.split(","):
+            if directive.split(":", 1)[0].strip().lower() in _OPT_OUT_DIRECTIVES:
                 return True
     return False
+
+
+def _split_scope(value: str) -> tuple[str | None, str]:
+    """'otherbot: noai' -> ('otherbot', 'noai'); 'noai, noindex' -> (None, same)."""
+    head, sep, rest = value.partition(":")
+    name = head.strip().lower()
+    if sep and _BOT_TOKEN.fullmatch(name) and name not in _VALUED_DIRECTIVES | _OPT_OUT_DIRECTIVES:
+        return name, rest
+    return None, value
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -352,7 +454,7 @@ def _outcome_for_exception(exc: Exception, url: URL) -> _Outcome:
     final = str(url)
     if _caused_by(exc, BlockedAddressError):
         return _Outcome(BLOCKED_ADDRESS, final_url=final)
-    if isinstance(exc, TimeoutError):  # asyncio and aiohttp timeouts alike
+    if isinstance(exc, TimeoutError) or _caused_by(exc, DnsTimeoutError):  # asyncio, aiohttp, DNS
         return _Outcome(TIMEOUT, final_url=final, retriable=True)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return _Outcome(DNS_ERROR, final_url=final)
@@ -366,14 +468,23 @@ def _outcome_for_exception(exc: Exception, url: URL) -> _Outcome:
     raise exc
 
 
-async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """Read the body, or None as soon as it grows past ``limit`` bytes."""
+async def _read_body(stream: aiohttp.StreamReader, limit: int) -> tuple[str, bytes | None]:
+    """(status, body): stops early on a body past ``limit`` or one whose head is no image."""
     buf = bytearray()
+    sniffed = False
     async for chunk in stream.iter_chunked(64 * 1024):
         buf += chunk
         if len(buf) > limit:
-            return None
-    return bytes(buf)
+            return TOO_LARGE, None
+        if not sniffed and len(buf) >= SNIFF_BYTES:
+            sniffed = True
+            if sniff_image_format(bytes(buf[:SNIFF_BYTES])) is None:
+                return NOT_AN_IMAGE, None  # an HTML page behind image/jpeg: stop downloading it
+    if not buf:
+        return EMPTY_BODY, None
+    if not sniffed and sniff_image_format(bytes(buf)) is None:
+        return NOT_AN_IMAGE, None
+    return OK, bytes(buf)
 
 
 @dataclass
@@ -383,11 +494,18 @@ class _HostSlot:
 
 
 class _HostLimiter:
-    """Per-host semaphores, dropped once idle so memory stays bounded."""
+    """Per-host concurrency (semaphores) and request rate (evenly spaced start times).
 
-    def __init__(self, per_host: int) -> None:
+    Idle semaphores are dropped and stale start times pruned, so memory stays bounded
+    by the hosts currently in use.
+    """
+
+    def __init__(self, per_host: int, rps: float = 0.0, exempt: frozenset[str] = frozenset()) -> None:
         self._per_host = per_host
+        self._interval = 1.0 / rps if rps > 0 else 0.0
+        self._exempt = exempt
         self._slots: dict[str, _HostSlot] = {}
+        self._next_start: dict[str, float] = {}
 
     @asynccontextmanager
     async def hold(self, host: str) -> AsyncIterator[None]:
@@ -401,8 +519,21 @@ class _HostLimiter:
             if slot.users == 0:
                 del self._slots[host]
 
+    async def pace(self, host: str) -> None:
+        """Wait for this host's next request slot (``1/rps`` after the previous one)."""
+        if not self._interval or host in self._exempt:
+            return
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next_start.get(host, 0.0))
+        self._next_start[host] = start + self._interval
+        if len(self._next_start) > 4096:
+            self._next_start = {h: t for h, t in self._next_start.items() if t > now}
+        if start > now:
+            await asyncio.sleep(start - now)
+
 
 ResultCallback = Callable[[int, FetchResult], None]
+T = TypeVar("T")
 
 
 class _Fetcher:
@@ -419,7 +550,8 @@ class _Fetcher:
         # Our own limits are taken *before* a URL's deadline starts, so queueing
         # behind a busy host never eats into that URL's timeout budget.
         self._global = asyncio.Semaphore(settings.concurrency)
-        self._hosts = _HostLimiter(settings.per_host)
+        self._hosts = _HostLimiter(settings.per_host, settings.per_host_rps, settings.unthrottled_hosts)
+        self._tokens = settings.robots_tokens
 
     async def open(self) -> None:
         s = self.settings
@@ -427,7 +559,7 @@ class _Fetcher:
             limit=s.concurrency,
             limit_per_host=s.per_host,
             ttl_dns_cache=300,
-            resolver=GuardedResolver(allow_private=s.allow_private),
+            resolver=GuardedResolver(allow_private=s.allow_private, timeout=s.dns_timeout),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -453,7 +585,7 @@ class _Fetcher:
         results: list[FetchResult | None] = [None] * len(urls)
 
         async def run(indexes: list[int]) -> None:
-            result = await self._fetch_url(urls[indexes[0]])
+            result = await self.fetch_url(urls[indexes[0]])
             for n, index in enumerate(indexes):
                 results[index] = result if n == 0 else replace(result)
                 if on_result is not None:
@@ -464,16 +596,38 @@ class _Fetcher:
                 group.create_task(run(indexes))
         return results  # type: ignore[return-value]  # every slot was filled
 
-    async def _fetch_url(self, raw_url: Any) -> FetchResult:
-        """Never raises (except cancellation): one result per URL."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def fetch_url(
+        self, raw_url: Any, then: Callable[[FetchResult], Awaitable[T]] | None = None
+    ) -> FetchResult | T:
+        """One URL, one result; never raises (except cancellation).
+
+        ``then(result)`` runs after the host slot is released but while the global
+        slot is still held: a slow consumer (the decode pool) thus throttles downloads,
+        and at most ``concurrency`` bodies are ever held in memory.
+        """
         url = self._prepare_url(raw_url)
         if url is None:
-            return _Outcome(INVALID_URL).to_result(raw_url, 0, 0.0)
+            result = _Outcome(INVALID_URL).to_result(raw_url, 0, 0.0)
+            return await then(result) if then is not None else result
+        host = url.raw_host or ""
+        async with self._hosts.hold(host):
+            await self._hosts.pace(host)  # before the deadline starts, like the semaphores
+            await self._global.acquire()
+            try:
+                result = await self._fetch_guarded(raw_url, url)
+            except BaseException:
+                self._global.release()
+                raise
         try:
-            async with self._hosts.hold(url.raw_host or ""), self._global:
-                return await self._fetch_with_retries(raw_url, url)
+            return await then(result) if then is not None else result
+        finally:
+            self._global.release()
+
+    async def _fetch_guarded(self, raw_url: str, url: URL) -> FetchResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self._fetch_with_retries(raw_url, url)
         except Exception:  # a bug must not take down the whole shard
             log.exception("unexpected error fetching %r", raw_url)
             elapsed = (loop.time() - started) * 1000
@@ -491,7 +645,7 @@ class _Fetcher:
         attempts = 0
         while True:
             attempts += 1
-            outcome = await self._follow_redirects(url, deadline)
+            outcome = await self._follow_redirects(url, deadline, attempts)
             delay = self._retry_delay(outcome, attempts)
             # Stop rather than wait past the budget (covers long Retry-After too).
             if delay is None or loop.time() + delay >= deadline:
@@ -510,14 +664,16 @@ class _Fetcher:
         ceiling = s.backoff_base * 2 ** (attempts - 1)
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter"
 
-    async def _follow_redirects(self, url: URL, deadline: float) -> _Outcome:
+    async def _follow_redirects(self, url: URL, deadline: float, attempt: int) -> _Outcome:
         """One attempt: request, following redirects by hand so each hop is vetted."""
-        for _ in range(self.settings.max_redirects + 1):
+        for hop in range(self.settings.max_redirects + 1):
             refused = self._refuse_target(url)
             if refused is not None:
                 return _Outcome(refused, final_url=str(url))
             try:
                 async with asyncio.timeout_at(deadline):
+                    if hop or attempt > 1:  # the first request was paced before the deadline
+                        await self._hosts.pace(url.raw_host or "")
                     step = await self._request(url)
             except Exception as exc:  # classified into a status below
                 return _outcome_for_exception(exc, url)
@@ -566,16 +722,14 @@ class _Fetcher:
             base.retriable = resp.status == 429 or resp.status >= 500
             base.retry_after = parse_retry_after(resp.headers.get(aiohttp.hdrs.RETRY_AFTER))
             return base
-        if s.respect_opt_out and is_opted_out(resp.headers.getall("X-Robots-Tag", [])):
+        if s.respect_opt_out and is_opted_out(resp.headers.getall("X-Robots-Tag", []), self._tokens):
             base.status = OPTED_OUT
         elif not is_image_content_type(header_type):
             base.status = NOT_AN_IMAGE
         elif resp.content_length is not None and resp.content_length > s.max_bytes:
             base.status = TOO_LARGE
         else:
-            body = await _read_capped(resp.content, s.max_bytes)
-            base.status = TOO_LARGE if body is None else (OK if body else EMPTY_BODY)
-            base.body = body or None
+            base.status, base.body = await _read_body(resp.content, s.max_bytes)
         return base
 
 

@@ -2,11 +2,13 @@
 
 A reader lists manifests, not zips: the zip is written atomically first, the manifest
 (with the zip's checksum) after it, so a shard without a manifest is not yet published
-and a killed run never exposes a partial one.
+and a killed run never exposes a partial one. Subsets live in their own folder under
+``published/`` (``published/mmc4-ff/...``) with the same pair of files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -34,26 +36,62 @@ def _member_name(zip_name: str) -> str:
     return zip_name[: -len(".zip")]
 
 
+Folder = str | tuple[str, ...]
+
+
+def _parts(folder: Folder) -> tuple[str, ...]:
+    """``"published"`` or ``("published", "mmc4-ff")``: each part is one safe path component."""
+    return (folder,) if isinstance(folder, str) else tuple(folder)
+
+
+def manifest_name_for(zip_name: str) -> str:
+    return zip_name[: -len(".jsonl.zip")] + MANIFEST_SUFFIX
+
+
+class ShardWriter:
+    """One zip being written; several can be open at once (a shard and its subsets).
+
+    Leaving the ``with`` block normally renames the zip into place; ``publish_manifest``
+    then writes its manifest. An exception leaves nothing under the final name.
+    """
+
+    def __init__(self, store: ShardStore, zip_name: str, folder: Folder = "published"):
+        self.store, self.zip_name, self.folder = store, zip_name, _parts(folder)
+        self.num_docs = self.num_images = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "ShardWriter":
+        raw = self._stack.enter_context(self.store.open_atomic(self.store.path(*self.folder, self.zip_name)))
+        self._hashing = _HashingWriter(raw)
+        self._zip = self._stack.enter_context(zipfile.ZipFile(self._hashing, "w", compression=zipfile.ZIP_DEFLATED))
+        self._member = self._stack.enter_context(self._zip.open(_member_name(self.zip_name), "w", force_zip64=True))
+        return self
+
+    def write(self, doc: dict[str, Any]) -> None:
+        self._member.write(json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n")
+        self.num_docs += 1
+        self.num_images += len(doc["image_info"])
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+    def publish_manifest(self, manifest_extra: dict[str, Any]) -> PublishedShard:
+        manifest_name = manifest_name_for(self.zip_name)
+        manifest = {"shard_file": self.zip_name, "num_docs": self.num_docs, "num_images": self.num_images,
+                    "sha256": self._hashing.sha256.hexdigest(), "bytes": self._hashing.size, **manifest_extra}
+        self.store.write_bytes(self.store.path(*self.folder, manifest_name),
+                               json.dumps(manifest, indent=2, sort_keys=True).encode())
+        return PublishedShard(self.zip_name, manifest_name, self.num_docs, self.num_images,
+                              manifest["sha256"], self._hashing.size)
+
+
 def write_shard(store: ShardStore, zip_name: str, docs: Iterable[dict[str, Any]],
-                manifest_extra: dict[str, Any], folder: str = "published") -> PublishedShard:
+                manifest_extra: dict[str, Any], folder: Folder = "published") -> PublishedShard:
     """Stream documents into the zip, then publish the manifest."""
-    target = store.path(folder, zip_name)
-    num_docs = num_images = 0
-    with store.open_atomic(target) as raw:
-        hashing = _HashingWriter(raw)
-        with zipfile.ZipFile(hashing, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            with zf.open(_member_name(zip_name), "w", force_zip64=True) as member:
-                for doc in docs:
-                    member.write(json.dumps(doc, ensure_ascii=False).encode("utf-8") + b"\n")
-                    num_docs += 1
-                    num_images += len(doc["image_info"])
-    manifest_name = zip_name[: -len(".jsonl.zip")] + MANIFEST_SUFFIX
-    manifest = {"shard_file": zip_name, "num_docs": num_docs, "num_images": num_images,
-                "sha256": hashing.sha256.hexdigest(), "bytes": hashing.size, **manifest_extra}
-    store.write_bytes(store.path(folder, manifest_name),
-                      json.dumps(manifest, indent=2, sort_keys=True).encode())
-    return PublishedShard(zip_name, manifest_name, num_docs, num_images, manifest["sha256"],
-                          hashing.size)
+    with ShardWriter(store, zip_name, folder) as out:
+        for doc in docs:
+            out.write(doc)
+    return out.publish_manifest(manifest_extra)
 
 
 class _HashingWriter(io.RawIOBase):
@@ -78,23 +116,23 @@ class _HashingWriter(io.RawIOBase):
         self.raw.flush()
 
 
-def read_manifest(store: ShardStore, manifest_name: str, folder: str = "published") -> dict:
-    return json.loads(store.path(folder, manifest_name).read_bytes())
+def read_manifest(store: ShardStore, manifest_name: str, folder: Folder = "published") -> dict:
+    return json.loads(store.path(*_parts(folder), manifest_name).read_bytes())
 
 
-def iter_shard_lines(store: ShardStore, zip_name: str, folder: str = "published") -> Iterator[bytes]:
-    with store.path(folder, zip_name).open("rb") as fh, zipfile.ZipFile(fh) as zf:
+def iter_shard_lines(store: ShardStore, zip_name: str, folder: Folder = "published") -> Iterator[bytes]:
+    with store.path(*_parts(folder), zip_name).open("rb") as fh, zipfile.ZipFile(fh) as zf:
         with zf.open(_member_name(zip_name)) as member:
             yield from member
 
 
-def read_shard(store: ShardStore, zip_name: str, folder: str = "published") -> list[dict]:
+def read_shard(store: ShardStore, zip_name: str, folder: Folder = "published") -> list[dict]:
     return [json.loads(line) for line in iter_shard_lines(store, zip_name, folder)]
 
 
-def file_sha256(store: ShardStore, zip_name: str, folder: str = "published") -> str:
+def file_sha256(store: ShardStore, zip_name: str, folder: Folder = "published") -> str:
     digest = hashlib.sha256()
-    with store.path(folder, zip_name).open("rb") as fh:
+    with store.path(*_parts(folder), zip_name).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

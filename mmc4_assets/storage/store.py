@@ -7,8 +7,12 @@ Layout under the root::
     published/...                      MMC4 jsonl.zip shards and manifests
 
 Local writes go to a temporary name in the same directory and are renamed into place,
-so a killed run never leaves a half-written file under the final name. Object stores
-only expose an object once its upload completes, which gives the same guarantee.
+so a killed run never leaves a half-written file under the final name. On S3 an object
+becomes visible only when its upload completes: a single PUT below s3fs's block size
+(50 MiB by default), otherwise a multipart upload that appears whole at
+CompleteMultipartUpload. A write that fails is discarded (the multipart upload aborted,
+nothing PUT), never committed: closing an s3fs file after an error would upload
+whatever was buffered, so :meth:`ShardStore.open_atomic` does not let that happen.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ _LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 class ShardStore:
+    """Per-shard tables and blobs under one root; ``storage_options`` go to fsspec (s3fs)."""
+
     def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
-        self.root = UPath(str(root), **(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.root = UPath(str(root), **self.storage_options)
         self.is_local = self.root.protocol in _LOCAL_PROTOCOLS
 
     def __repr__(self) -> str:
@@ -57,11 +64,18 @@ class ShardStore:
     @contextlib.contextmanager
     def open_atomic(self, target: UPath) -> Iterator[Any]:
         """Binary file handle whose content appears at ``target`` only if the block succeeds."""
-        target.parent.mkdir(parents=True, exist_ok=True)
         if not self.is_local:
-            with target.open("wb") as fh:
+            # no mkdir: object stores have no folders, and s3fs would try to create the bucket
+            fh = target.fs.open(target.path, "wb")
+            try:
                 yield fh
+            except BaseException:
+                fh.discard()       # aborts a started multipart upload; nothing was PUT yet otherwise
+                fh.closed = True   # so close() cannot flush the partial buffer as a real object
+                raise
+            fh.close()             # the single PUT, or CompleteMultipartUpload
             return
+        target.parent.mkdir(parents=True, exist_ok=True)
         local = Path(target.path)
         tmp = local.with_name(f".tmp-{uuid.uuid4().hex}-{local.name}")
         try:
@@ -78,6 +92,16 @@ class ShardStore:
         with self.open_atomic(target) as fh:
             fh.write(data)
 
+    def exists(self, target: UPath) -> bool:
+        return target.exists()
+
+    def delete(self, target: UPath) -> None:
+        """Remove one object or file; absent is fine."""
+        try:
+            target.fs.rm_file(target.path)
+        except FileNotFoundError:
+            pass
+
     def put_blob(self, digest: str, data: bytes, ext: str = "jpg") -> bool:
         """Store content-addressed bytes; False when they were already there (nothing written)."""
         target = self.blob_path(digest, ext)
@@ -93,7 +117,7 @@ class ShardStore:
 
     # -- tables ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def table_writer(self, table: str, shard: str, schema: dict) -> Iterator["TableWriter"]:
+    def table_writer(self, table: str, shard: str, schema: dict) -> Iterator[TableWriter]:
         with self.open_atomic(self.table_path(table, shard)) as fh:
             writer = TableWriter(fh, schema)
             try:
@@ -111,6 +135,16 @@ class ShardStore:
     def read_table(self, table: str, shard: str, columns: list[str] | None = None) -> pl.DataFrame:
         with self.table_path(table, shard).open("rb") as fh:
             return pl.from_arrow(pq.read_table(fh, columns=columns))
+
+    def scan(self, table: str, shard: str) -> pl.LazyFrame:
+        """A lazy frame over a stored table, with projection and predicate pushdown on any root."""
+        path = self.table_path(table, shard)
+        if self.is_local:
+            return pl.scan_parquet(path.path)
+        import pyarrow.dataset as ds
+
+        # pyarrow wraps the fsspec filesystem, so the store's credentials and endpoint apply
+        return pl.scan_pyarrow_dataset(ds.dataset(path.path, filesystem=path.fs, format="parquet"))
 
     def iter_batches(self, table: str, shard: str, columns: list[str] | None = None,
                      batch_size: int = 2048) -> Iterator[pl.DataFrame]:

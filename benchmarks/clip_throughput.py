@@ -1,0 +1,237 @@
+"""How close CLIP scoring runs to this machine's matmul peak: model-only and the whole asset step.
+
+    .venv/bin/python benchmarks/clip_throughput.py                       # ViT-B-32, ~2 min on 2 cores
+    .venv/bin/python benchmarks/clip_throughput.py --model ViT-L-14 --docs 6 --model-seconds 30
+    .venv/bin/python benchmarks/clip_throughput.py --compile             # torch.compile both towers
+    .venv/bin/python benchmarks/clip_throughput.py --profile /tmp/clip.prof   # cProfile of the asset run
+
+Prints, each as ``label {json}``:
+
+* ``peak``: fp32 FLOP/s of large square matmuls on all of torch's threads (bf16 as well:
+  on CPUs without AMX/AVX512-BF16 it is emulated, and ``precision=auto`` stays fp32);
+* ``flops``: FLOPs per image and per sentence, counted with ``torch.utils.flop_counter``
+  on the model itself (multiply-add = 2 FLOPs; sentence FLOPs depend on the token length,
+  since batches are cut to their longest sentence);
+* ``model_only``: random tensors straight into the image tower (and random tokens of
+  the synthetic shard's median length into the text tower), utilisation = achieved FLOP/s
+  over the measured peak;
+* ``asset``: :func:`mmc4_assets.clip.shard.write_clip_scores` -- exactly what the
+  clip_scores asset runs -- on a synthetic shard stored with ShardStore: parquet reads,
+  merge-join, JPEG decode + preprocess, tokenising, both towers, similarity, parquet
+  writes. Its utilisation counts the FLOPs of the forward passes that actually ran
+  (shapes recorded during the run) over wall time and peak.
+
+The weights are random (nothing can be downloaded here): throughput is real, similarities
+are meaningless. The peak is measured before and after each timed section and the
+largest value is used, so contention from other processes lowers utilisation, never raises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (build_scoring_shard, doc_shapes, jpeg_corpus, load_average, matmul_peak,  # noqa: E402
+                     peak_rss_mb, print_json)
+
+from mmc4_assets.clip.encoder import ClipEncoder, ClipSpec  # noqa: E402
+from mmc4_assets.clip.scoring import ShardScorer  # noqa: E402
+from mmc4_assets.clip.shard import write_clip_scores  # noqa: E402
+from mmc4_assets.stats import StepStats  # noqa: E402
+from mmc4_assets.storage import ShardStore  # noqa: E402
+
+
+class FlopBook:
+    """FLOPs of the forward passes an encoder runs, from their shapes (counted once per shape)."""
+
+    def __init__(self, encoder: ClipEncoder):
+        self.encoder = encoder
+        self.image_flops = self._count(lambda m: m.encode_image(torch.randn(1, 3, *self._size(), device=encoder.device)))
+        self._text: dict[int, int] = {}
+        self.images = 0
+        self.sentences = 0
+        self.text_flops = 0
+        image_fn, text_fn = encoder._image_fn, encoder._text_fn
+
+        def image(x, **kw):
+            self.images += x.shape[0]
+            return image_fn(x, **kw)
+
+        def text(tokens, **kw):
+            self.sentences += tokens.shape[0]
+            self.text_flops += tokens.shape[0] * self.sentence_flops(tokens.shape[1])
+            return text_fn(tokens, **kw)
+
+        encoder._image_fn, encoder._text_fn = image, text
+
+    def _size(self):
+        size = self.encoder.model.visual.image_size
+        return size if isinstance(size, tuple) else (size, size)
+
+    def _count(self, run) -> int:
+        # with gradients on, nn.MultiheadAttention skips its fused inference kernel, whose
+        # projections FlopCounterMode cannot see; the arithmetic is the same
+        model = self.encoder.model
+        model.requires_grad_(True)
+        try:
+            with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+                run(model)
+        finally:
+            model.requires_grad_(False)
+        return counter.get_total_flops()
+
+    def sentence_flops(self, length: int) -> int:
+        if length not in self._text:
+            tokens = torch.zeros(1, length, dtype=torch.long, device=self.encoder.device)
+            tokens[0, 0], tokens[0, length - 1] = 49406, 49407
+            fn = self.encoder._encode_text_cut if self.encoder.text_cut_to_length else self.encoder.model.encode_text
+            self._text[length] = self._count(lambda m: fn(tokens if self.encoder.text_cut_to_length
+                                                           else torch.nn.functional.pad(tokens, (0, 77 - length))))
+        return self._text[length]
+
+    @property
+    def total(self) -> int:
+        return self.images * self.image_flops + self.text_flops
+
+
+def timed(fn, seconds: float) -> tuple[int, float]:
+    fn()  # warm-up (first-call allocations, compilation)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or calls == 0:
+        fn()
+        calls += 1
+    return calls, time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--text-batch-size", type=int, default=256)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--model-seconds", type=float, default=20.0)
+    ap.add_argument("--docs", type=int, default=160, help="documents in the synthetic shard (0: skip)")
+    ap.add_argument("--decode-workers", type=int, default=0)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mmc4-clip-bench"))
+    ap.add_argument("--profile", help="write a cProfile of the asset-level run here and print its top")
+    ap.add_argument("--skip-bf16", action="store_true")
+    args = ap.parse_args()
+
+    print_json("machine", {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                           "load_average": load_average()})
+    peaks = [matmul_peak()]
+    bf16 = None
+    if not args.skip_bf16:
+        probe = matmul_peak(torch.bfloat16, sizes=(512,), repeats=1)
+        bf16 = matmul_peak(torch.bfloat16) if probe > peaks[0] / 4 else probe
+    print_json("peak", {"fp32_gflops": round(peaks[0] / 1e9, 1),
+                        "bf16_gflops": round(bf16 / 1e9, 1) if bf16 else None,
+                        "load_average": load_average()})
+
+    encoder = ClipEncoder(ClipSpec(model_name=args.model, pretrained=None, device=args.device,
+                                   precision=args.precision, batch_size=args.batch_size,
+                                   text_batch_size=args.text_batch_size, compile=args.compile))
+    book = FlopBook(encoder)
+    rng = np.random.default_rng(0)
+    median_tokens = 24
+    print_json("flops", {"model": args.model, "device": encoder.device, "precision": encoder.precision,
+                         "compile": args.compile, "gflops_per_image": round(book.image_flops / 1e9, 3),
+                         f"gflops_per_sentence_{median_tokens}_tokens": round(book.sentence_flops(median_tokens) / 1e9, 3),
+                         "gflops_per_sentence_77_tokens": round(book.sentence_flops(77) / 1e9, 3)})
+
+    # -- model only ----------------------------------------------------------------------
+    x = torch.randn(args.batch_size, 3, *book._size(), device=encoder.device).contiguous(
+        memory_format=torch.channels_last)
+    tokens = torch.randint(1, 49000, (args.text_batch_size, median_tokens), device=encoder.device)
+    tokens[:, 0], tokens[:, -1] = 49406, 49407
+
+    @torch.inference_mode()
+    def run_images():
+        with encoder._autocast():
+            encoder._image_fn(x, normalize=True)
+        if encoder.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    @torch.inference_mode()
+    def run_text():
+        with encoder._autocast():
+            encoder._text_fn(tokens, normalize=True)
+        if encoder.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for label, fn, flops in (("image", run_images, book.image_flops * args.batch_size),
+                             ("text", run_text, book.sentence_flops(median_tokens) * args.text_batch_size)):
+        book.images = book.sentences = book.text_flops = 0
+        calls, seconds = timed(fn, args.model_seconds if label == "image" else args.model_seconds / 2)
+        peaks.append(matmul_peak())
+        achieved = calls * flops / seconds
+        print_json("model_only", {
+            "tower": label, "model": args.model, "batch": args.batch_size if label == "image" else args.text_batch_size,
+            "per_second": round(calls * (args.batch_size if label == "image" else args.text_batch_size) / seconds, 2),
+            "achieved_gflops": round(achieved / 1e9, 1), "peak_gflops": round(max(peaks) / 1e9, 1),
+            "utilisation": round(achieved / max(peaks), 3), "seconds": round(seconds, 1),
+            "load_average": load_average()})
+
+    if args.docs <= 0:
+        return
+    # -- the asset step on a stored synthetic shard --------------------------------------
+    work = Path(args.workdir)
+    n_images = int(doc_shapes(np.random.default_rng(1), args.docs)[0].sum() + 16)
+    images = jpeg_corpus(work / "jpegs", n_images)
+    store = ShardStore(work / f"store-{args.docs}")
+    shape = build_scoring_shard(store, "bench", args.docs, images, seed=1)
+    build_scoring_shard(store, "warmup", 4, images[-16:], seed=2)
+
+    def run_asset(shard):
+        stats = StepStats()
+        with ShardScorer(encoder, store.get_blob, decode_workers=args.decode_workers) as scorer:
+            started = time.perf_counter()
+            totals = write_clip_scores(store, shard, scorer, stats)
+            return time.perf_counter() - started, stats, totals, scorer
+
+    run_asset("warmup")
+    book.images = book.sentences = book.text_flops = 0
+    peaks.append(matmul_peak())
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
+    seconds, stats, totals, scorer = run_asset("bench")
+    if profiler:
+        profiler.disable()
+    peaks.append(matmul_peak())
+    achieved = book.total / seconds
+    print_json("asset", {
+        "model": args.model, "docs": stats.kept + stats.total_dropped, "docs_scored": stats.kept,
+        "images_encoded": book.images, "sentences_in_docs": totals.sentences,
+        "sentences_encoded": book.sentences, "seconds": round(seconds, 1),
+        "images_per_second": round(book.images / seconds, 2),
+        "sentences_per_second": round(book.sentences / seconds, 1),
+        "docs_per_second": round(stats.kept / seconds, 2),
+        "image_gflop_share": round(book.images * book.image_flops / book.total, 3),
+        "achieved_gflops": round(achieved / 1e9, 1), "peak_gflops": round(max(peaks) / 1e9, 1),
+        "utilisation": round(achieved / max(peaks), 3),
+        "phase_seconds": {k: round(v, 2) for k, v in scorer.timings.items()},
+        "decode_workers": scorer.decode_workers, "shard": shape,
+        "peak_rss_mb": round(peak_rss_mb()), "load_average": load_average()})
+    if profiler:
+        profiler.dump_stats(args.profile)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Static image server for the fetch benchmark: every file of a directory, from memory.
+
+Run as its own process (``python benchmarks/fetch_server.py DIR``) so that serving does not
+share the measured fetcher's GIL. Binds 127.0.0.1 only, prints ``PORT <n>`` once listening,
+and exits on SIGTERM/SIGINT or when its parent goes away (stdin closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+
+async def main(directory: Path) -> None:
+    files = {p.name: p.read_bytes() for p in directory.iterdir() if p.suffix == ".jpg"}
+
+    async def image(request: web.Request) -> web.Response:
+        body = files.get(request.match_info["name"])
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=body, content_type="image/jpeg")
+
+    app = web.Application()
+    app.add_routes([web.get("/img/{name}", image)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1(1) or stop.set())
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1])))

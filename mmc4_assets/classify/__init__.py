@@ -1,0 +1,1 @@
+"""Image classifiers over stored CLIP image features (MMC4's NSFW MLP and face filter)."""

@@ -1,0 +1,1 @@
+"""Deployment switches that are configuration only: step executors and device placement."""
