@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (build_scoring_shard, doc_shapes, jpeg_corpus, load_average, matmul_peak,  # noqa: E402
@@ -50,6 +50,10 @@ from mmc4_assets.clip.scoring import ShardScorer  # noqa: E402
 from mmc4_assets.clip.shard import write_clip_scores  # noqa: E402
 from mmc4_assets.stats import StepStats  # noqa: E402
 from mmc4_assets.storage import ShardStore  # noqa: E402
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)   # full score matrix, as torch counts CUDA
 
 
 class FlopBook:
@@ -84,8 +88,11 @@ class FlopBook:
         # projections FlopCounterMode cannot see; the arithmetic is the same
         model = self.encoder.model
         model.requires_grad_(True)
+        # torch's counter knows the CUDA attention kernels only; the CPU one does the same matmuls
+        cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        mapping = {cpu_sdpa: _sdpa_flops} if cpu_sdpa is not None else {}
         try:
-            with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+            with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
                 run(model)
         finally:
             model.requires_grad_(False)

@@ -55,6 +55,22 @@ def test_encoding_prepared_batches_matches_encode_images(encoder):
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_streamlined_towers_compute_what_open_clip_computes(encoder):
+    import open_clip
+
+    assert encoder.streamlined_image_blocks and encoder.causal_text_blocks
+    torch.manual_seed(encoder.spec.seed)
+    pristine, _, _ = open_clip.create_model_and_transforms("mmc4-tiny-random", pretrained=None)
+    pristine.eval()
+    x = torch.randn(3, 3, 224, 224)
+    tokens = encoder.tokenize(SENTENCES)
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder.model.encode_image(x, normalize=True),
+                                   pristine.encode_image(x, normalize=True), atol=2e-6, rtol=0)
+        want = pristine.encode_text(tokens, normalize=True).numpy()
+    np.testing.assert_allclose(encoder.encode_tokens(tokens), want, atol=2e-6)
+
+
 def test_draft_decoding_stays_close_and_never_below_input_size():
     fast = ClipEncoder(ClipSpec(model_name="mmc4-tiny-random", pretrained=None, device="cpu", fast_decode=True))
     for name, data in BLOBS.items():

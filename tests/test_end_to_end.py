@@ -48,8 +48,16 @@ def test_all_assets_and_checks_succeed(default_run):
     assert result.success
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert set(ASSETS) <= materialized  # the corpus-wide assets run in the same job
-    checks = result.get_asset_check_evaluations()
-    assert len(checks) == 6 and all(c.passed for c in checks)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {
+        "raw_c4_documents_well_formed", "fetched_images_match_raw_c4", "fetched_images_success_rate_stable",
+        "clip_scores_are_cosines", "assignments_within_text_list", "deduped_docs_have_unique_images",
+        "published_shards_match_mmc4_schema"}
+    assert all(c.passed for c in checks.values())
+    # every blocking check ran its great-expectations suite too
+    blocking = [c for c in checks.values() if c.blocking]
+    assert len(blocking) == 6 and all(c.metadata["gx_success"].value for c in blocking)
+    assert all(c.metadata["gx_expectations"].value >= 3 for c in blocking)
 
 
 def test_raw_c4_outcomes_match_the_sample_ground_truth(default_run):
@@ -124,6 +132,12 @@ def test_manifest_and_metadata_tell_the_story(default_run):
     assert md["raw_c4"]["docs_dropped_malformed_json"].value == 1
     for asset in ASSETS:
         assert "config_hash" in md[asset]
+    funnel = {r.data["stage"]: r.data for r in md["published_shards"]["filter_funnel"].value.records}
+    assert list(funnel)[:2] == ["source lines", "raw_c4"] and "published_shards" in funnel
+    assert funnel["source lines"]["documents"] == load_expected()["totals"]["lines"]
+    assert "http_404: 3 images" in funnel["fetched_images"]["dropped"]
+    assert funnel["published_shards"]["documents"] == manifest["num_docs"]
+    assert (root / "data_docs" / "index.html").exists()
 
 
 def test_without_similarity_threshold_everything_the_sample_promises_is_published(tmp_path):

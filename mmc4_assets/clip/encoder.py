@@ -22,6 +22,7 @@ What keeps the hardware busy:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -122,6 +124,56 @@ class ImagePrep:
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
+def _plain_block(block) -> bool:
+    """open_clip's standard pre-norm self-attention block, nothing else in it."""
+    attn = getattr(block, "attn", None)
+    return (type(block) is open_clip.transformer.ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and isinstance(attn, torch.nn.MultiheadAttention) and attn.batch_first
+            and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
+            and attn.dropout == 0.0)
+
+
+def _attention_block(block, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``block`` on batch-first ``x``: nn.MultiheadAttention's arithmetic, as one packed input
+    projection, one scaled_dot_product_attention call and one output projection on contiguous
+    tensors (on CPU 5-10 % faster than the module's own paths, which transpose and copy)."""
+    attn = block.attn
+    y = block.ln_1(x)
+    batch, length, width = y.shape
+    qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, length, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out = F.linear(out.transpose(1, 2).reshape(batch, length, width), attn.out_proj.weight, attn.out_proj.bias)
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _self_attention_forward(block, q_x, k_x=None, v_x=None, attn_mask=None):
+    if k_x is None and v_x is None and attn_mask is None:
+        return _attention_block(block, q_x, causal=False)
+    return open_clip.transformer.ResidualAttentionBlock.forward(block, q_x, k_x, v_x, attn_mask)
+
+
+def _streamline_vision_blocks(model) -> bool:
+    """Route the image tower's unmasked self-attention blocks through :func:`_attention_block`."""
+    tower = getattr(getattr(model, "visual", None), "transformer", None)
+    blocks = list(getattr(tower, "resblocks", []))
+    if not blocks or not getattr(tower, "batch_first", False) or not all(_plain_block(b) for b in blocks):
+        return False
+    for block in blocks:
+        block.forward = functools.partial(_self_attention_forward, block)
+    return True
+
+
+def _causal_text_blocks(model) -> bool:
+    """True when the text tower is plain blocks under exactly the causal mask (is_causal=True is the same)."""
+    tower, mask = getattr(model, "transformer", None), getattr(model, "attn_mask", None)
+    if mask is None or not getattr(tower, "batch_first", False):
+        return False
+    causal = torch.full_like(mask, float("-inf")).triu_(1)
+    return torch.equal(mask, causal) and all(_plain_block(b) for b in tower.resblocks)
+
+
 class ClipEncoder:
     def __init__(self, spec: ClipSpec):
         _register_local_configs()
@@ -155,6 +207,8 @@ class ClipEncoder:
         # only open_clip's own CLIP text tower (causal, pooled at EOT) may be cut to length
         self.text_cut_to_length = (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
                                    and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+        self.streamlined_image_blocks = _streamline_vision_blocks(model)
+        self.causal_text_blocks = self.text_cut_to_length and _causal_text_blocks(model)
         self._image_fn = model.encode_image
         self._text_fn = self._encode_text_cut if self.text_cut_to_length else model.encode_text
         if spec.compile:
@@ -224,13 +278,17 @@ class ClipEncoder:
         cast_dtype = m.transformer.get_cast_dtype()
         x = m.token_embedding(tokens).to(cast_dtype)
         x = x + m.positional_embedding[:length].to(cast_dtype)
-        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        if self.causal_text_blocks:
+            for block in m.transformer.resblocks:
+                x = _attention_block(block, x, causal=True)
+        else:
+            x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
         x = m.ln_final(x)
         x = open_clip.transformer.text_global_pool(x, tokens, m.text_pool_type,
                                                    eos_token_id=getattr(m, "text_eos_id", None))
         if m.text_projection is not None:
             x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
-        return torch.nn.functional.normalize(x, dim=-1) if normalize else x
+        return F.normalize(x, dim=-1) if normalize else x
 
     @torch.inference_mode()
     def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:

@@ -4,10 +4,12 @@ from mmc4_assets.dedup.phash import url_duplicate_flags
 from mmc4_assets.dedup.shard import DEDUPED_SCHEMA, dedup_document
 from mmc4_assets.defs.assignments import assignments
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
+from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import StorageResource
 from mmc4_assets.quality.rules import deduped_docs_rules
+from mmc4_assets.quality import suites
 from mmc4_assets.stats import StepStats
 
 
@@ -16,7 +18,7 @@ class DedupConfig(dg.Config):
     docs_per_batch: int = 2000
 
 
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
           deps=[assignments, raw_c4], tags={"mmc4/stage": "dedup"})
 def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
                  storage: StorageResource) -> dg.MaterializeResult:
@@ -52,9 +54,14 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
 
 
 @dg.asset_check(asset=deduped_docs, blocking=True)
-def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext,
-                                    storage: StorageResource) -> dg.AssetCheckResult:
+def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                                    quality: DataQuality) -> dg.AssetCheckResult:
     """No two images of a document within the pHash threshold; no document without images."""
+    shard = context.partition_key
     threshold = latest_metadata(context, "deduped_docs").get("phash_threshold", 5)
-    outcome = deduped_docs_rules(storage.store().read_table("deduped_docs", context.partition_key), threshold)
-    return check_result(outcome, phash_threshold=threshold)
+    docs = storage.store().read_table("deduped_docs", shard)
+    thresholds = quality.thresholds(phash_threshold=threshold)
+    suite = validate_suite(quality, "deduped_docs", shard, storage.root,
+                           lambda: suites.deduped_docs_frame(docs),
+                           lambda: suites.deduped_docs_expectations(thresholds))
+    return check_result(deduped_docs_rules(docs, threshold), suite, phash_threshold=threshold)

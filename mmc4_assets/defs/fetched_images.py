@@ -3,12 +3,15 @@ from typing import Literal
 import dagster as dg
 
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
+from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import ImageFetcher, StorageResource
 from mmc4_assets.fetch.images import ImageLimits
 from mmc4_assets.fetch.shard import FETCHED_SCHEMA, FetchProgress, ShardOptions, fetch_documents
 from mmc4_assets.quality.rules import fetched_images_rules
+from mmc4_assets.quality import suites
+from mmc4_assets.quality.funnel import success_rate_drift
 from mmc4_assets.stats import StepStats
 
 
@@ -26,7 +29,7 @@ class FetchConfig(dg.Config):
     progress_log_seconds: float = 15.0
 
 
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
           deps=[raw_c4], tags={"mmc4/stage": "fetch"}, pool="mmc4_fetch",
           retry_policy=dg.RetryPolicy(max_retries=1, delay=30))
 def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetcher: ImageFetcher,
@@ -72,13 +75,45 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
 
 
 @dg.asset_check(asset=fetched_images, blocking=True)
-def fetched_images_match_raw_c4(context: dg.AssetCheckExecutionContext,
-                                storage: StorageResource) -> dg.AssetCheckResult:
-    """Every candidate URL of raw_c4 has one row; kept images obey MMC4's size, aspect and resize rules."""
+def fetched_images_match_raw_c4(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                                quality: DataQuality) -> dg.AssetCheckResult:
+    """Every candidate URL of raw_c4 has one row; success rate above the floor; kept images obey MMC4's size, aspect and resize rules."""
     store, shard = storage.store(), context.partition_key
     md = latest_metadata(context, "fetched_images")
-    outcome = fetched_images_rules(
-        store.read_table("fetched_images", shard), store.read_table("raw_c4", shard, ["image_urls"]),
-        min_side=md.get("min_side", 150), max_aspect=md.get("max_aspect", 2.0),
-        max_side=md.get("max_side", 800))
-    return check_result(outcome)
+    params = {"min_side": md.get("min_side", 150), "max_aspect": md.get("max_aspect", 2.0),
+              "max_side": md.get("max_side", 800)}
+    fetched = store.read_table("fetched_images", shard)
+    outcome = fetched_images_rules(fetched, store.read_table("raw_c4", shard, ["image_urls"]), **params)
+    thresholds = quality.thresholds(**params)
+    suite = validate_suite(quality, "fetched_images", shard, storage.root,
+                           lambda: suites.fetched_images_frame(fetched),
+                           lambda: suites.fetched_images_expectations(thresholds))
+    return check_result(outcome, suite, min_fetch_success_rate=thresholds.min_fetch_success_rate)
+
+
+@dg.asset_check(asset=fetched_images, blocking=False)
+def fetched_images_success_rate_stable(context: dg.AssetCheckExecutionContext,
+                                       quality: DataQuality) -> dg.AssetCheckResult:
+    """Warns when this shard's fetch success rate is well below the trailing mean of earlier shards (dead hosts, blocking, a bad config)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetKey("fetched_images"), limit=quality.trailing_partitions + 1).records
+    current, earlier = None, []
+    for record in records:
+        mat = record.asset_materialization
+        rate = mat.metadata.get("success_rate") if mat else None
+        if rate is None:
+            continue
+        if mat.partition == context.partition_key and current is None:
+            current = rate.value
+        elif mat.partition != context.partition_key:
+            earlier.append(rate.value)
+    if current is None:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                   description="no materialization of this shard to compare")
+    ok, trailing = success_rate_drift(current, earlier, quality.max_success_rate_drop)
+    return dg.AssetCheckResult(
+        passed=ok, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"success_rate": current, "trailing_mean": trailing if trailing is not None else -1.0,
+                  "trailing_partitions": len(earlier), "max_drop": quality.max_success_rate_drop},
+        description="no earlier shards yet" if trailing is None else
+        f"success rate {current:.3f} vs trailing mean {trailing:.3f} of {len(earlier)} shards")

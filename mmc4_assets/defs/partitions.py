@@ -3,3 +3,7 @@ import dagster as dg
 # One partition per C4-format source shard file (``{key}.json.gz``). Dynamic, because a
 # crawl grows; a sensor registers new files (automation.py), or `mmc4-shards add` by hand.
 shards = dg.DynamicPartitionsDefinition(name="shards")
+
+# Assets read ``context.partition_key``: a backfill of N shards is N one-shard runs, which the
+# run queue (dagster.yaml: 4 at a time, 4 per backfill) and the mmc4_fetch pool keep bounded.
+SHARD_BACKFILL = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)

@@ -14,13 +14,17 @@ from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts
 from mmc4_assets.defs.deduped_docs import deduped_docs
 from mmc4_assets.defs.image_classifier_scores import image_classifier_scores
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
+from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import StorageResource
 from mmc4_assets.publish.corpus_rules import ImageScore, ShardRules, apply_corpus_rules
 from mmc4_assets.publish.mmc4_format import make_document
 from mmc4_assets.publish.shards import MANIFEST_SUFFIX, ShardWriter, file_sha256, iter_shard_lines, read_manifest
 from mmc4_assets.publish.subsets import (CORE, CORE_FF, FF, FULL, NEEDS_FACES, SUBSETS, CoreRules, subset_filename,
                                          subset_folder, subset_versions)
+from mmc4_assets.quality import suites
+from mmc4_assets.quality.funnel import STAGES as FUNNEL_STAGES
+from mmc4_assets.quality.funnel import funnel_rows
 from mmc4_assets.quality.rules import Outcome, published_rules
 from mmc4_assets.stats import StepStats
 
@@ -118,11 +122,33 @@ def _upstream_metadata(context: dg.AssetExecutionContext) -> dict:
     return out
 
 
+def _funnel(context: dg.AssetExecutionContext, docs: StepStats, images: StepStats,
+            num_docs: int, num_images: int) -> dg.MetadataValue:
+    """Documents and images surviving each stage of this shard, with every drop reason (UI table)."""
+    stage_md: dict[str, dict] = {}
+    for asset in FUNNEL_STAGES[:-1]:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[context.partition_key]),
+            limit=1).records
+        mat = records[0].asset_materialization if records else None
+        if mat is not None:
+            stage_md[asset] = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float))}
+    stage_md["published_shards"] = {
+        "num_docs": num_docs, "num_images": num_images,
+        **{f"docs_dropped_{k}": n for k, n in docs.dropped.items()},
+        **{f"images_dropped_{k}": n for k, n in images.dropped.items()}}
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in funnel_rows(stage_md)],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("stage", "string"), dg.TableColumn("documents", "int"),
+            dg.TableColumn("images", "int"), dg.TableColumn("dropped", "string")]))
+
+
 def _slug(subset: str) -> str:
     return {FULL: "", FF: "_ff", CORE: "_core", CORE_FF: "_core_ff"}[subset]
 
 
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="2", kinds={"json"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="2", kinds={"json"},
           deps=[deduped_docs, corpus_image_counts, corpus_doc_index, image_classifier_scores],
           tags={"mmc4/stage": "publish"})
 def published_shards(context: dg.AssetExecutionContext, config: PublishConfig,
@@ -176,6 +202,7 @@ def published_shards(context: dg.AssetExecutionContext, config: PublishConfig,
     table += [f"| {s} | skipped: {why} | | |" for s, why in skipped.items()]
     return dg.MaterializeResult(metadata={
         **metadata,
+        "filter_funnel": _funnel(context, full_docs, full_images, full.num_docs, full.num_images),
         "bytes": full.bytes,
         "sha256": full.sha256,
         "shard_file": names[FULL],
@@ -223,8 +250,8 @@ def _retract(store, shard: str, config: PublishConfig, subsets: list[str]) -> No
 
 
 @dg.asset_check(asset=published_shards, blocking=True)
-def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext,
-                                       storage: StorageResource) -> dg.AssetCheckResult:
+def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                                       quality: DataQuality) -> dg.AssetCheckResult:
     """Every line of the shard and its subsets parses and matches the MMC4 schema; counts reconcile with deduped_docs; checksums = manifests."""
     store, shard = storage.store(), context.partition_key
     md = latest_metadata(context, "published_shards")
@@ -240,6 +267,8 @@ def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext,
             # every deduped document is published or dropped with a counted reason
             expected = store.num_rows("deduped_docs", shard) - dropped
             full_docs = len(lines)
+            full_suite_inputs = (lines, manifest.get("sha256") == file_sha256(store, zip_name, tuple(folder)),
+                                 expected)
         else:
             expected = md.get(f"num_docs{_slug(subset)}", -1)
         outcome = published_rules(lines, manifest, file_sha256(store, zip_name, tuple(folder)), expected)
@@ -251,4 +280,10 @@ def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext,
     for subset in files:
         if subset != FULL and full_docs is not None:
             combined.rule(f"{subset}:more_docs_than_full", int(md.get(f"num_docs{_slug(subset)}", 0) > full_docs))
-    return check_result(combined, shard_file=md.get("shard_file", ""))
+    suite = None
+    if full_docs is not None:
+        lines, checksum_ok, expected = full_suite_inputs
+        suite = validate_suite(quality, "published_shards", shard, storage.root,
+                               lambda: suites.published_frame(lines, checksum_ok),
+                               lambda: suites.published_expectations(quality.thresholds(), expected))
+    return check_result(combined, suite, shard_file=md.get("shard_file", ""))

@@ -4,12 +4,14 @@ import dagster as dg
 import polars as pl
 
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
+from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
 from mmc4_assets.pages.archives import PageRecord, build_page_index, normalize_url
 from mmc4_assets.pages.cc_index import CommonCrawlPages, Lookup
 from mmc4_assets.pages.raw_docs import document_rows, iter_c4_lines
 from mmc4_assets.quality.rules import raw_c4_rules
+from mmc4_assets.quality import suites
 from mmc4_assets.stats import StepStats
 from mmc4_assets.text.url_filter import MMC4_BLOCKED_KEYWORDS, MMC4_EXTENSIONS, UrlFilter
 
@@ -33,7 +35,7 @@ class RawC4Config(dg.Config):
     blocked_keywords: list[str] = list(MMC4_BLOCKED_KEYWORDS)
 
 
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
           tags={"mmc4/stage": "parse"})
 def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: ShardSource,
            storage: StorageResource) -> dg.MaterializeResult:
@@ -125,11 +127,18 @@ def _common_crawl_pages(context: dg.AssetExecutionContext, store, shard: str,
 
 
 @dg.asset_check(asset=raw_c4, blocking=True)
-def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext,
-                                 storage: StorageResource) -> dg.AssetCheckResult:
-    """Unique doc ids, non-null url/text, sentences and candidates per doc, every line accounted for."""
+def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                                 quality: DataQuality) -> dg.AssetCheckResult:
+    """Unique doc ids, non-null url/text, sentences and candidates per doc, URL-filter drop share within bounds."""
     store, shard = storage.store(), context.partition_key
     docs = store.read_table("raw_c4", shard)
     quarantine = store.read_table("raw_c4_quarantine", shard)
-    lines = latest_metadata(context, "raw_c4").get("num_lines")
-    return check_result(raw_c4_rules(docs, quarantine, lines))
+    md = latest_metadata(context, "raw_c4")
+    kept, dropped = md.get("image_urls_kept", 0), md.get("image_urls_dropped", 0)
+    drop_share = dropped / (kept + dropped) if kept + dropped else 0.0
+    thresholds = quality.thresholds()
+    suite = validate_suite(quality, "raw_c4", shard, storage.root,
+                           lambda: suites.raw_c4_frame(docs, drop_share),
+                           lambda: suites.raw_c4_expectations(thresholds))
+    return check_result(raw_c4_rules(docs, quarantine, md.get("num_lines")), suite,
+                        url_filter_drop_share=round(drop_share, 4))
