@@ -61,10 +61,16 @@ class ShardWriter:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ShardWriter":
+        # a re-publish retracts the old manifest first: readers never pair it with the new zip
+        self.store.delete(self.store.path(*self.folder, manifest_name_for(self.zip_name)))
         raw = self._stack.enter_context(self.store.open_atomic(self.store.path(*self.folder, self.zip_name)))
         self._hashing = _HashingWriter(raw)
         self._zip = self._stack.enter_context(zipfile.ZipFile(self._hashing, "w", compression=zipfile.ZIP_DEFLATED))
-        self._member = self._stack.enter_context(self._zip.open(_member_name(self.zip_name), "w", force_zip64=True))
+        # a fixed member date makes the same documents give the same bytes (and sha256) anywhere
+        info = zipfile.ZipInfo(_member_name(self.zip_name), date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        self._member = self._stack.enter_context(self._zip.open(info, "w", force_zip64=True))
         return self
 
     def write(self, doc: dict[str, Any]) -> None:
