@@ -24,6 +24,7 @@ from mmc4_assets.defs.image_hash_counts import image_hash_counts
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.published_shards import published_shards, published_shards_match_mmc4_schema
 from mmc4_assets.defs.resources import StorageResource
+from mmc4_assets.defs.quality import DataQuality
 from mmc4_assets.publish.shards import read_manifest, read_shard
 from mmc4_assets.storage import ShardStore
 
@@ -88,7 +89,7 @@ def corpus(tmp_path_factory):
     store = ShardStore(root)
     weights = root / "face.pt"
     train_torch_mlp(weights)
-    resources = {"storage": StorageResource(root=str(root)),
+    resources = {"storage": StorageResource(root=str(root)), "quality": DataQuality(),
                  "classifiers": FeatureClassifiers(face_weights=str(weights))}
     a = _docs("a", 8, ad_docs=6, seed=1)
     a[7]["images"].append(("face-a-7.jpg", _phash("face", 7)))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 def _materialize(instance, root, selection, run_config=None):
     resources = sample_resources(str(root))
     return dg.materialize(selection, partition_key=SHARD, instance=instance,
-                          resources={k: resources[k] for k in ("storage", "source", "fetcher")},
+                          resources={k: resources[k] for k in ("storage", "source", "fetcher", "quality")},
                           run_config=run_config or {})
 
 
