@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/clip_throughput.py                       # ViT-B-32, ~2 min on 2 cores
     .venv/bin/python benchmarks/clip_throughput.py --model ViT-L-14 --docs 6 --model-seconds 30
-    .venv/bin/python benchmarks/clip_throughput.py --compile             # torch.compile both towers
+    .venv/bin/python benchmarks/clip_throughput.py --compile off         # eager (auto compiles ViT-B/L)
     .venv/bin/python benchmarks/clip_throughput.py --profile /tmp/clip.prof   # cProfile of the asset run
 
 Prints, each as ``label {json}``:
@@ -66,6 +66,7 @@ class FlopBook:
         self.images = 0
         self.sentences = 0
         self.text_flops = 0
+        self.useful_text_flops = 0
         image_fn, text_fn = encoder._image_fn, encoder._text_fn
 
         def image(x, **kw):
@@ -75,6 +76,9 @@ class FlopBook:
         def text(tokens, **kw):
             self.sentences += tokens.shape[0]
             self.text_flops += tokens.shape[0] * self.sentence_flops(tokens.shape[1])
+            # the FLOPs each sentence needs at its own length: what padding in a batch wastes is left out
+            own = tokens.shape[1] - (tokens != 0).flip(1).int().argmax(1)
+            self.useful_text_flops += sum(self.sentence_flops(int(n)) for n in own.tolist())
             return text_fn(tokens, **kw)
 
         encoder._image_fn, encoder._text_fn = image, text
@@ -111,14 +115,23 @@ class FlopBook:
     def total(self) -> int:
         return self.images * self.image_flops + self.text_flops
 
+    @property
+    def useful(self) -> int:
+        return self.images * self.image_flops + self.useful_text_flops
 
-def timed(fn, seconds: float) -> tuple[int, float]:
+    def reset(self) -> None:
+        self.images = self.sentences = self.text_flops = self.useful_text_flops = 0
+
+
+def timed(fn, seconds: float) -> tuple[int, float, float]:
+    started = time.perf_counter()
     fn()  # warm-up (first-call allocations, compilation)
+    warmup = time.perf_counter() - started
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or calls == 0:
         fn()
         calls += 1
-    return calls, time.perf_counter() - started
+    return calls, time.perf_counter() - started, warmup
 
 
 def main() -> None:
@@ -128,7 +141,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--text-batch-size", type=int, default=256)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--model-seconds", type=float, default=20.0)
     ap.add_argument("--docs", type=int, default=160, help="documents in the synthetic shard (0: skip)")
     ap.add_argument("--decode-workers", type=int, default=0)
@@ -157,7 +170,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     median_tokens = 24
     print_json("flops", {"model": args.model, "device": encoder.device, "precision": encoder.precision,
-                         "compile": args.compile, "gflops_per_image": round(book.image_flops / 1e9, 3),
+                         "compiled": encoder.compiled, "gflops_per_image": round(book.image_flops / 1e9, 3),
                          f"gflops_per_sentence_{median_tokens}_tokens": round(book.sentence_flops(median_tokens) / 1e9, 3),
                          "gflops_per_sentence_77_tokens": round(book.sentence_flops(77) / 1e9, 3)})
 
@@ -183,8 +196,8 @@ def main() -> None:
 
     for label, fn, flops in (("image", run_images, book.image_flops * args.batch_size),
                              ("text", run_text, book.sentence_flops(median_tokens) * args.text_batch_size)):
-        book.images = book.sentences = book.text_flops = 0
-        calls, seconds = timed(fn, args.model_seconds if label == "image" else args.model_seconds / 2)
+        book.reset()
+        calls, seconds, warmup = timed(fn, args.model_seconds if label == "image" else args.model_seconds / 2)
         peaks.append(matmul_peak())
         achieved = calls * flops / seconds
         print_json("model_only", {
@@ -192,7 +205,7 @@ def main() -> None:
             "per_second": round(calls * (args.batch_size if label == "image" else args.text_batch_size) / seconds, 2),
             "achieved_gflops": round(achieved / 1e9, 1), "peak_gflops": round(max(peaks) / 1e9, 1),
             "utilisation": round(achieved / max(peaks), 3), "seconds": round(seconds, 1),
-            "load_average": load_average()})
+            "first_call_seconds": round(warmup, 1), "load_average": load_average()})
 
     if args.docs <= 0:
         return
@@ -212,12 +225,16 @@ def main() -> None:
             return time.perf_counter() - started, stats, totals, scorer
 
     run_asset("warmup")
-    book.images = book.sentences = book.text_flops = 0
+    for length in range(2, 78):   # count every sentence length now, not inside the timed run
+        book.sentence_flops(length)
+    book.reset()
     peaks.append(matmul_peak())
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
+    cpu_started = time.process_time()
     seconds, stats, totals, scorer = run_asset("bench")
+    cpu = time.process_time() - cpu_started
     if profiler:
         profiler.disable()
     peaks.append(matmul_peak())
@@ -232,7 +249,11 @@ def main() -> None:
         "image_gflop_share": round(book.images * book.image_flops / book.total, 3),
         "achieved_gflops": round(achieved / 1e9, 1), "peak_gflops": round(max(peaks) / 1e9, 1),
         "utilisation": round(achieved / max(peaks), 3),
+        # the same over FLOPs at each sentence's own length (what a batch pads is not counted)
+        "useful_utilisation": round(book.useful / seconds / max(peaks), 3),
         "phase_seconds": {k: round(v, 2) for k, v in scorer.timings.items()},
+        "background_cpu_seconds": {k: round(v, 2) for k, v in scorer.background_cpu.items()},
+        "process_cpu_seconds": round(cpu, 1),
         "decode_workers": scorer.decode_workers, "shard": shape,
         "peak_rss_mb": round(peak_rss_mb()), "load_average": load_average()})
     if profiler:

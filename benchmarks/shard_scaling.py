@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/shard_scaling.py --sizes 1 3      # quick look
 
 A shard of K x the sample is K copies of the sample's 40 C4 lines: copy k's page URLs get
-``?copy=k``, its pages (WARC responses and WAT records, rewritten with warcio) point at
-``https://img.mmc4-sample.test/c{k}/...``, and the image server serves a directory where
-``c{k}/`` holds the sample's images re-encoded with one pixel changed, so every copy's
+``?copy=k``, its pages (WARC responses and WAT records, rewritten with warcio) name the image
+host ``c{k}.img.mmc4-sample.test`` (absolute, protocol-relative and <base>-relative URLs
+alike), which the fetcher maps to ``c{k}/`` of the image server's directory, where the
+sample's images are re-encoded with one pixel changed, so every copy's
 images are new files (new sha256, new CLIP inputs) with the same sizes and perceptual
 hashes (the in-document duplicate design of the sample holds in every copy).
 
@@ -35,9 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, peak_rss_mb, print_json  # noqa: E402
 
 SHARD_PREFIX = "c4-scale"
+IMAGE_HOST = "img.mmc4-sample.test"
+
+
+def _host(k: int) -> str:
+    return f"c{k}.{IMAGE_HOST}"
 
 
 def _with_copy(url: str, k: int) -> str:
+    """Copy k of a page URL (pages on the image host move to copy k's image host too)."""
+    url = url.replace(IMAGE_HOST, _host(k))
     return f"{url}{'&' if '?' in url else '?'}copy={k}"
 
 
@@ -47,8 +55,7 @@ def build_source(out: Path, copies: int) -> tuple[Path, list[str], Path]:
     from warcio.archiveiterator import ArchiveIterator
     from warcio.warcwriter import WARCWriter
 
-    from mmc4_assets.sample.server import (IMAGE_URL_PREFIX, sample_images_dir, sample_page_archives,
-                                           sample_shard_path)
+    from mmc4_assets.sample.server import sample_images_dir, sample_page_archives, sample_shard_path
 
     shard_key = f"{SHARD_PREFIX}.{copies:05d}-of-99999"
     done = out / "done"
@@ -81,8 +88,7 @@ def build_source(out: Path, copies: int) -> tuple[Path, list[str], Path]:
                     if rec.rec_type != "response":
                         continue
                     uri = _with_copy(rec.rec_headers.get_header("WARC-Target-URI"), k)
-                    body = rec.content_stream().read().replace(
-                        IMAGE_URL_PREFIX.encode(), f"{IMAGE_URL_PREFIX}c{k}/".encode())
+                    body = rec.content_stream().read().replace(f"//{IMAGE_HOST}".encode(), f"//{_host(k)}".encode())
                     http = rec.http_headers
                     http.replace_header("Content-Length", str(len(body)))
                     writer.write_record(writer.create_warc_record(
@@ -99,7 +105,7 @@ def build_source(out: Path, copies: int) -> tuple[Path, list[str], Path]:
                     header = payload["Envelope"]["WARC-Header-Metadata"]
                     page = header["WARC-Target-URI"]
                     header["WARC-Target-URI"] = _with_copy(page, k)
-                    text = json.dumps(payload).replace(IMAGE_URL_PREFIX, f"{IMAGE_URL_PREFIX}c{k}/")
+                    text = json.dumps(payload).replace(f"//{IMAGE_HOST}", f"//{_host(k)}")
                     writer.write_record(writer.create_warc_record(
                         _with_copy(page, k), "metadata", payload=io.BytesIO(text.encode()),
                         warc_content_type="application/json"))
@@ -137,7 +143,7 @@ def run_one(copies: int, workdir: Path) -> dict:
     from mmc4_assets.definitions import defs
     from mmc4_assets.defs.partitions import shards
     from mmc4_assets.defs.resources import ImageFetcher, sample_resources
-    from mmc4_assets.sample.server import IMAGE_URL_PREFIX, SampleImageServer
+    from mmc4_assets.sample.server import SampleImageServer
 
     source = workdir / f"source-{copies}x"
     shards_root, archives, images = build_source(source, copies)
@@ -146,7 +152,8 @@ def run_one(copies: int, workdir: Path) -> dict:
     with SampleImageServer(images) as server:
         resources = sample_resources(str(storage), shards_root=str(shards_root), page_archives=archives)
         resources["fetcher"] = ImageFetcher(allow_private=True, concurrency=16, total_timeout=10.0, retries=1,
-                                            url_rewrites={IMAGE_URL_PREFIX: server.base_url})
+                                            url_rewrites={f"https://{_host(k)}/": f"{server.base_url}c{k}/"
+                                                          for k in range(copies)})
         d = defs()
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions(shards.name, [shard])

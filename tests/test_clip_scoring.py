@@ -248,3 +248,25 @@ def test_digest_set_remembers_across_many_adds():
         added.update(names)
     assert seen.size == len(added)
     assert len(seen._runs) <= 12
+
+
+def test_compile_auto_leaves_tiny_models_eager_and_falls_back_when_compiling_fails(encoder, monkeypatch):
+    import mmc4_assets.clip.encoder as enc
+
+    assert not encoder.compiled                                  # 3.6M parameters: auto = off
+    assert enc.resolve_compile("auto", torch.nn.Linear(8000, 8000))   # 64M parameters: auto = on
+    assert enc.resolve_compile("on", encoder.model) and not enc.resolve_compile("off", encoder.model)
+    with pytest.raises(ValueError):
+        enc.resolve_compile("sometimes", encoder.model)
+
+    def broken_compile(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    wrapped = enc._CompiledOrEager(encoder.model.encode_image, "image tower")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(wrapped(x, normalize=True), encoder.model.encode_image(x, normalize=True))
+    assert wrapped.failed

@@ -8,7 +8,8 @@ code path, and its similarities mean nothing.
 What keeps the hardware busy:
 
 * the model runs in eval + inference mode, under bf16/fp16 autocast where the device
-  does that natively (``precision="auto"``), optionally ``torch.compile``d;
+  does that natively (``precision="auto"``), ``torch.compile``d unless the model is tiny
+  (on CPU with weight freezing: oneDNN GEMMs with bias and GELU fused in);
 * images reach the model as uint8 NHWC batches (a quarter of the bytes of float32 over
   PCIe) and are normalised on the device, which leaves them channels-last;
 * :class:`ImagePrep` decodes, resizes and crops with Pillow (which releases the GIL), at
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+log = logging.getLogger(__name__)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -54,9 +57,9 @@ class ClipSpec:
     device: str = "auto"                # auto: cuda when available, else cpu
     precision: str = "auto"             # auto | fp32 | bf16 | fp16 (autocast on the device)
     batch_size: int = 64                # images per forward pass
-    text_batch_size: int = 256          # sentences per forward pass (short: batches are cut to length)
+    text_batch_size: int = 256          # sentences of 32 tokens per forward pass (a token budget)
     seed: int = 0
-    compile: bool = False               # torch.compile the towers (see README for when it pays)
+    compile: str = "auto"               # torch.compile the towers: on | off | auto (models >= 50M params)
     fast_decode: bool = True            # decode JPEGs at a reduced DCT scale when >= 2x the input size
 
     @property
@@ -89,6 +92,65 @@ def resolve_precision(precision: str, device: str) -> str:
     if kind == "cpu":
         return "bf16" if _cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+_COMPILE_AUTO_MIN_PARAMS = 50_000_000
+_TOKENS_PER_SENTENCE = 32   # text_batch_size counts sentences of this length: a token budget
+_MIN_CHUNK_TOKENS = 4096    # GEMM rows below which a length split costs more efficiency than padding does
+_MAX_LENGTH_SPREAD = 1.25   # longest / shortest sentence of a chunk, once it is that large
+
+
+def _length_chunks(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) chunks of ascending ``lengths`` for one forward pass each.
+
+    A chunk holds at most ``max_tokens`` padded tokens (many short sentences, few long ones),
+    and ends once its longest sentence would pad its shortest by more than a quarter -- unless
+    it is still too small (< 4096 tokens) for full-speed matmuls.
+    """
+    chunks, start = [], 0
+    for i, length in enumerate(lengths):
+        size = i - start
+        if size and ((size + 1) * length > max_tokens
+                     or (size * lengths[start] >= _MIN_CHUNK_TOKENS and length > _MAX_LENGTH_SPREAD * lengths[start])):
+            chunks.append((start, i))
+            start = i
+    if start < len(lengths):
+        chunks.append((start, len(lengths)))
+    return chunks
+
+
+def resolve_compile(setting: str | bool, model: torch.nn.Module) -> bool:
+    """``auto``: compile real models (>= 50M parameters), not the tiny test config whose compile costs more than it saves."""
+    value = str(setting).strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    if value != "auto":
+        raise ValueError(f"compile must be on, off or auto, not {setting!r}")
+    return sum(p.numel() for p in model.parameters()) >= _COMPILE_AUTO_MIN_PARAMS
+
+
+class _CompiledOrEager:
+    """``torch.compile(fn, dynamic=True)``; if compiling fails (no C++ compiler, an unsupported
+    op), the error is logged once and the eager function is used from then on."""
+
+    def __init__(self, fn, what: str):
+        self.eager, self.what = fn, what
+        self.compiled = torch.compile(fn, dynamic=True)
+        self.failed = False
+
+    def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.failed:
+            return self.eager(x, **kwargs)
+        if x.shape[0] == 1:  # a batch of one would be specialised and compiled again: run it as two
+            return self(torch.cat([x, x]), **kwargs)[:1]
+        try:
+            return self.compiled(x, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compile failure: keep scoring, eagerly
+            self.failed = True
+            log.warning("torch.compile of the %s failed, running it eagerly: %s", self.what, exc)
+            return self.eager(x, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -211,14 +273,16 @@ class ClipEncoder:
         self.causal_text_blocks = self.text_cut_to_length and _causal_text_blocks(model)
         self._image_fn = model.encode_image
         self._text_fn = self._encode_text_cut if self.text_cut_to_length else model.encode_text
-        if spec.compile:
+        self.compiled = resolve_compile(spec.compile, model)
+        if self.compiled:
             if self.device == "cpu":
-                # weights become constants: inductor prepacks them for oneDNN and fuses GELU into the GEMM
+                # weights become constants: inductor prepacks them for oneDNN and fuses bias + GELU into the GEMM
                 import torch._inductor.config as inductor_config
 
                 inductor_config.freezing = True
-            self._image_fn = torch.compile(self._image_fn)
-            self._text_fn = torch.compile(self._text_fn, dynamic=True)
+            # dynamic: one graph for every batch size and sentence length (batches of 1 are padded)
+            self._image_fn = _CompiledOrEager(self._image_fn, "image tower")
+            self._text_fn = _CompiledOrEager(self._text_fn, "text tower")
 
     @property
     def description(self) -> str:
@@ -300,14 +364,14 @@ class ClipEncoder:
         used = tokens.shape[1] - nonpad.flip(1).int().argmax(1)
         order = torch.argsort(used, stable=True)
         out = np.empty((tokens.shape[0], self.embed_dim), np.float32)
-        step = self.spec.text_batch_size
-        for start in range(0, len(order), step):
-            idx = order[start:start + step]
-            length = int(used[idx].max()) if self.text_cut_to_length else tokens.shape[1]
-            chunk = tokens[idx, :length].to(self.device)
+        budget = self.spec.text_batch_size * _TOKENS_PER_SENTENCE
+        for idx in _length_chunks(used[order].tolist(), budget):
+            rows = order[idx[0]:idx[1]]
+            length = int(used[rows].max()) if self.text_cut_to_length else tokens.shape[1]
+            chunk = tokens[rows, :length].to(self.device)
             with self._autocast():
                 feats = self._text_fn(chunk, normalize=True)
-            out[idx.numpy()] = feats.float().cpu().numpy()
+            out[rows.numpy()] = feats.float().cpu().numpy()
         return out
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -116,6 +116,9 @@ class ShardScorer:
         # seconds the calling thread spent per phase: where a shard's time goes
         self.timings: dict[str, float] = dict.fromkeys(
             ("wait_decode", "encode_images", "wait_tokenize", "encode_sentences", "similarity"), 0.0)
+        # CPU seconds the pool threads spent reading + decoding + preprocessing, and tokenising
+        self.background_cpu: dict[str, float] = {"decode_cpu": 0.0, "tokenize_cpu": 0.0}
+        self._lock = threading.Lock()
 
     def _tick(self, phase: str, since: float) -> float:
         now = time.perf_counter()
@@ -147,8 +150,16 @@ class ShardScorer:
     def score_batch(self, docs: Sequence[DocImages]) -> ScoredBatch:
         return self._finish(self._start(docs))
 
+    def _background(self, what: str, fn, *args):
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self.background_cpu[what] += time.thread_time() - started
+
     def _prepare(self, name: str):
-        return self.encoder.prepare(self.load_image(name))
+        return self._background("decode_cpu", lambda: self.encoder.prepare(self.load_image(name)))
 
     def _start(self, docs: Sequence[DocImages]) -> _Pending:
         names = list(dict.fromkeys(n for d in docs for n in d.image_names))
@@ -163,7 +174,7 @@ class ShardScorer:
             job.futures[name] = future
         job.to_tokenize = [s for s in sentences if self.sentence_cache.get(s) is None]
         if job.to_tokenize:
-            job.tokens = self._pool.submit(self.encoder.tokenize, job.to_tokenize)
+            job.tokens = self._pool.submit(self._background, "tokenize_cpu", self.encoder.tokenize, job.to_tokenize)
         return job
 
     def _finish(self, job: _Pending) -> ScoredBatch:

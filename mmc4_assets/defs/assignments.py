@@ -3,7 +3,7 @@ import dagster as dg
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_frame
 from mmc4_assets.defs.clip_scores import clip_scores
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import StorageResource
 from mmc4_assets.quality import suites
@@ -16,7 +16,7 @@ class AssignmentsConfig(dg.Config):
     docs_per_batch: int = 2000
 
 
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="1", kinds={"scipy", "parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"scipy", "parquet"},
           deps=[clip_scores], tags={"mmc4/stage": "assign"})
 def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
                 storage: StorageResource) -> dg.MaterializeResult:

@@ -5,7 +5,7 @@ import dagster as dg
 from mmc4_assets.clip.shard import write_clip_scores
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, stats_metadata
 from mmc4_assets.defs.fetched_images import fetched_images
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import ClipModel, StorageResource
@@ -19,7 +19,7 @@ class ClipScoresConfig(dg.Config):
     fetched_rows_per_batch: int = 4096  # fetched_images rows read at a time for the merge-join
 
 
-@dg.asset(partitions_def=shards, group_name=GROUP, code_version="2", kinds={"pytorch", "parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="2", kinds={"pytorch", "parquet"},
           deps=[fetched_images, raw_c4], tags={"mmc4/stage": "clip"},
           op_tags={"mmc4/device": "gpu"})
 def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, clip: ClipModel,
@@ -33,6 +33,7 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
         totals = write_clip_scores(store, shard, scorer, stats, docs_per_batch=config.docs_per_batch,
                                    fetched_rows_per_batch=config.fetched_rows_per_batch)
     stats.timings.update(scorer.timings)
+    stats.timings.update(scorer.background_cpu)
     seconds = stats.timings["score"]
     return dg.MaterializeResult(metadata={
         "num_docs": stats.kept,
@@ -47,7 +48,7 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
         "random_weights": encoder.spec.is_random,
         "device": encoder.device,
         "precision": encoder.precision,
-        "compiled": encoder.spec.compile,
+        "compiled": encoder.compiled,
         "decode_workers": scorer.decode_workers,
         "config_hash": config_hash(config, clip.model_dump()),
         "path": dg.MetadataValue.path(store.uri("tables", "clip_scores", f"{shard}.parquet")),

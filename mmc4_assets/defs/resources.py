@@ -196,8 +196,8 @@ class ClipModel(dg.ConfigurableResource):
     precision: str = "auto"  # auto: bf16 where the device has it natively (GPUs, AMX CPUs), else fp32
     batch_size: int = 64
     seed: int = 0
-    text_batch_size: int = 256  # sentences per forward pass, sorted by length and cut to it
-    compile: bool = False  # torch.compile both towers (pays on GPUs; measure before turning on for CPUs)
+    text_batch_size: int = 256  # sentences (of 32 tokens: a token budget) per forward pass, sorted by length
+    compile: str = "auto"  # torch.compile both towers: on | off | auto (models >= 50M params; README: when it pays)
     fast_decode: bool = True  # JPEG decode at 1/2-1/8 DCT scale when still >= the model's input size
     decode_workers: int = 0  # image decode/preprocess threads; 0: all cores with a GPU, 2 on CPU
     sentence_cache_size: int = 32768  # sentence embeddings kept across a shard's batches (LRU)
