@@ -184,3 +184,82 @@ def test_blocking_check_stops_downstream_on_broken_output(tmp_path, monkeypatch)
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs())
+
+
+def test_each_check_rule_fails_on_a_corrupted_copy_of_the_sample_output(default_run):
+    """Every stage's rules and suite pass on the sample output and name what is wrong on a broken copy."""
+    from mmc4_assets.publish.shards import iter_shard_lines
+    from mmc4_assets.quality import rules, suites
+    from mmc4_assets.quality.gx import GXRunner
+
+    root, _ = default_run
+    store, t, gx = ShardStore(root), suites.Thresholds(), GXRunner()
+    docs, quarantine = store.read_table("raw_c4", SHARD), store.read_table("raw_c4_quarantine", SHARD)
+    fetched, scores = store.read_table("fetched_images", SHARD), store.read_table("clip_scores", SHARD)
+    feats, assigned = store.read_table("clip_image_features", SHARD), store.read_table("assignments", SHARD)
+    deduped = store.read_table("deduped_docs", SHARD)
+
+    def both(outcome, suite_name, frame, expectations):
+        return outcome, gx.validate(suite_name, "t", frame, expectations)
+
+    good = [
+        both(rules.raw_c4_rules(docs, quarantine, 40), "raw", suites.raw_c4_frame(docs, 0.1),
+             suites.raw_c4_expectations(t)),
+        both(rules.fetched_images_rules(fetched, docs, 150, 2.0, 800), "fetched",
+             suites.fetched_images_frame(fetched), suites.fetched_images_expectations(t)),
+        both(rules.clip_scores_rules(scores, feats), "clip", suites.clip_scores_frame(scores, feats),
+             suites.clip_scores_expectations(t)),
+        both(rules.assignments_rules(assigned, 0.15), "assign", suites.assignments_frame(assigned),
+             suites.assignments_expectations(t)),
+        both(rules.deduped_docs_rules(deduped, 5), "dedup", suites.deduped_docs_frame(deduped),
+             suites.deduped_docs_expectations(t)),
+    ]
+    assert all(o.passed and s.success for o, s in good)
+
+    dup_docs = pl.concat([docs, docs.head(1)])
+    o, s = both(rules.raw_c4_rules(dup_docs, quarantine, 41), "raw_bad", suites.raw_c4_frame(dup_docs, 0.1),
+                suites.raw_c4_expectations(t))
+    assert o.failures["duplicate_doc_id"] == 2 and not s.success
+
+    small = fetched.with_columns(pl.when(pl.col("status") == "ok").then(100).otherwise(pl.col("orig_width"))
+                                 .alias("orig_width")).head(fetched.height - 1)
+    o, s = both(rules.fetched_images_rules(small, docs, 150, 2.0, 800), "fetched_bad",
+                suites.fetched_images_frame(small), suites.fetched_images_expectations(t))
+    assert o.failures["rows_vs_raw_c4_candidates"] == 1 and o.failures["ok_but_too_small"] > 0 and not s.success
+
+    wide = scores.with_columns(pl.col("similarity_matrix").list.eval(pl.element().list.concat([pl.lit(0.5)])))
+    o, s = both(rules.clip_scores_rules(wide, feats), "clip_bad", suites.clip_scores_frame(wide, feats),
+                suites.clip_scores_expectations(t))
+    assert o.failures["matrix_shape_not_images_x_sentences"] == wide.height and not s.success
+
+    low = assigned.with_columns(pl.col("image_info").list.eval(pl.element().struct.with_fields(
+        pl.lit(0.01, dtype=pl.Float32).alias("matched_sim"))))
+    o, s = both(rules.assignments_rules(low, 0.15), "assign_bad", suites.assignments_frame(low),
+                suites.assignments_expectations(t))
+    assert o.failures["matched_sim_below_min"] == low.height and not s.success
+
+    twice = deduped.with_columns(pl.col("image_info").list.concat(pl.col("image_info")))
+    o, s = both(rules.deduped_docs_rules(twice, 5), "dedup_bad", suites.deduped_docs_frame(twice),
+                suites.deduped_docs_expectations(t))
+    assert o.failures["in_document_phash_duplicate"] == twice.height and not s.success
+
+    lines = list(iter_shard_lines(store, "docs_shard_0_v2.jsonl.zip"))
+    broken = lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]
+    manifest = {"num_docs": len(lines), "sha256": "x"}
+    o = rules.published_rules(broken, manifest, "y", len(lines))
+    assert o.failures["unparsable_lines"] == 1 and o.failures["checksum_mismatch"] == 1
+    assert not gx.validate("pub_bad", "t", suites.published_frame(broken, False),
+                           suites.published_expectations(t, len(lines))).success
+
+
+def test_refresh_schedule_evaluates_against_an_ephemeral_instance():
+    from mmc4_assets.defs.automation import _refresh_schedule
+
+    schedule = _refresh_schedule("0 * * * *", 2)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shards.name, ["s1", "s2", "s3"])
+        with dg.build_schedule_context(instance=instance, repository_def=defs().get_repository_def()) as context:
+            requests = schedule.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == ["s1", "s2"]
+    assert all(r.tags["mmc4/refresh"] == "missing" for r in requests)
+    assert len({r.run_key for r in requests}) == 2
