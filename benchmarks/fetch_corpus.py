@@ -1,8 +1,10 @@
-"""Photo-like JPEGs for the fetch benchmarks, generated once into a directory and reused.
+"""Photo-like JPEGs and PNGs for the fetch benchmarks, generated once into a directory and reused.
 
 Pure noise compresses far worse than photos and flat gradients far better, so each picture
 is a smooth random field (a few blurred blobs of colour) plus fine grain: a 1000 px
-picture at quality 85 comes out near 100-200 KB, like a web photo.
+picture at quality 85 comes out near 100-200 KB, like a web photo. Every tenth picture is
+a PNG (300-1400 px; on the web PNGs are rarer and smaller than photos, and a photo-like
+one is a few hundred KB to a few MB, which is what makes them expensive to decode).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def render(seed: int, width: int, height: int) -> Image.Image:
 
 
 def build_corpus(directory: Path, n: int, seed: int = 0) -> list[dict]:
-    """``n`` JPEGs 300-2000 px (aspect 0.5-2) in ``directory``; reused when already there."""
+    """``n`` pictures 300-2000 px (aspect 0.5-2; every tenth a PNG) in ``directory``; files
+    already there are reused (the picture of a name never changes)."""
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / MANIFEST
     if manifest_path.exists():
@@ -42,11 +45,19 @@ def build_corpus(directory: Path, n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         longer = rng.randint(300, 2000)
         aspect = rng.uniform(0.5, 2.0)
+        quality = rng.randint(75, 92)
+        png = i % 10 == 7
+        if png:
+            longer = 300 + (longer - 300) * 1100 // 1700
         w, h = (longer, max(150, round(longer / aspect))) if aspect >= 1 else (max(150, round(longer * aspect)), longer)
-        name = f"img{i:05d}.jpg"
+        name = f"img{i:05d}.{'png' if png else 'jpg'}"
         path = directory / name
         if not path.exists():
-            render(seed * 1_000_003 + i, w, h).save(path, "JPEG", quality=rng.randint(75, 92))
+            picture = render(seed * 1_000_003 + i, w, h)
+            if png:
+                picture.save(path, "PNG", compress_level=6)
+            else:
+                picture.save(path, "JPEG", quality=quality)
         entries.append({"name": name, "width": w, "height": h, "bytes": path.stat().st_size})
     manifest_path.write_text(json.dumps(entries))
     return entries

@@ -16,13 +16,14 @@ from aiohttp import web
 
 
 async def main(directory: Path) -> None:
-    files = {p.name: p.read_bytes() for p in directory.iterdir() if p.suffix == ".jpg"}
+    types = {".jpg": "image/jpeg", ".png": "image/png"}
+    files = {p.name: (p.read_bytes(), types[p.suffix]) for p in directory.iterdir() if p.suffix in types}
 
     async def image(request: web.Request) -> web.Response:
-        body = files.get(request.match_info["name"])
-        if body is None:
+        found = files.get(request.match_info["name"])
+        if found is None:
             raise web.HTTPNotFound()
-        return web.Response(body=body, content_type="image/jpeg")
+        return web.Response(body=found[0], content_type=found[1])
 
     app = web.Application()
     app.add_routes([web.get("/img/{name}", image)])

@@ -1,15 +1,21 @@
 """Validate, filter, resize and fingerprint one downloaded image (MMC4's image rules).
 
-Speed notes (measured on the benchmark corpus, see benchmarks/fetch_throughput.py): resizing
-dominates, then decoding, then encoding. A JPEG at least twice the target size is decoded at
-1/2, 1/4 or 1/8 scale straight from its DCT coefficients (Pillow's draft mode), which shrinks
-both the decode and the resize that follows. The resize is Pillow's bilinear, which on a
-downscale is a proper antialiasing (triangle) filter: 6.7 ms per image against 10.6 ms for
-bicubic and 14.5 ms for Lanczos, a difference of sharpness invisible at the 224 px CLIP
-sees. The pHash resamples 800 px -> 32 px through a box reduction first (``reducing_gap``)
-instead of a full-width Lanczos pass. simplejpeg, pyvips and OpenCV's INTER_AREA were
-measured and were not faster here; pillow-simd would be (resize 5-7x) but cannot be a
-dependency next to the pillow that torchvision, open_clip and imagehash require.
+Speed notes (per image on the benchmark corpus, one core; benchmarks/fetch_vs_img2dataset.py):
+everything after the header read is native code, the fastest we measured on PyPI wheels:
+
+* decode (~5.5 ms): a JPEG goes to libjpeg-turbo through simplejpeg, scaled in the DCT
+  domain by the largest power of two that keeps it at least the target size (1/2, 1/4,
+  1/8 have SIMD kernels; the other eighths run scalar C and cost more than they save).
+  Other formats, CMYK JPEGs and anything simplejpeg refuses go through Pillow;
+* resize (~1 ms): OpenCV bilinear on what is left after the DCT scaling, under 2x, where
+  bilinear still touches every source pixel. Pillow's bilinear took ~6 ms and OpenCV's
+  INTER_AREA ~6 ms at these non-integer factors;
+* encode (~1.9 ms): OpenCV's libjpeg-turbo at quality 90, 4:2:0 (as Pillow and img2dataset
+  do), no Huffman optimisation (it saved ~7 % of bytes for ~2.5 ms);
+* pHash (~0.4 ms): see :func:`phash_pixels`.
+
+Pixels are BGR throughout, OpenCV's order, so nothing is converted twice. OpenCV's own
+thread pool is off: images are processed in parallel, one per worker thread.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ import warnings
 from struct import error as struct_error  # Pillow's parsers raise it on short headers
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import scipy.fft
+import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mmc4_assets.fetch.sniff import DECODED_FORMATS, SNIFF_BYTES, sniff_image_format
+
+cv2.setNumThreads(1)  # one image per worker thread; OpenCV's pool would oversubscribe the cores
 
 # Statuses owned by this step (the download layer owns the HTTP ones).
 NOT_AN_IMAGE = "not_an_image"
@@ -87,17 +97,61 @@ def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 
 def phash(img: Image.Image) -> str:
-    """64-bit DCT perceptual hash as hex (imagehash.phash's algorithm, box-reduced first).
+    """64-bit DCT perceptual hash of a Pillow image, as hex (see :func:`phash_pixels`)."""
+    return phash_pixels(cv2.cvtColor(np.asarray(img.convert("RGB")), cv2.COLOR_RGB2BGR))
 
-    Same as ``imagehash.phash`` except that the 32x32 grey thumbnail is made with
-    ``reducing_gap=2``: a tenth of the cost, and on the sample and benchmark images it is
-    within a few bits of imagehash's value (duplicates stay at 0, distinct pictures far apart).
-    """
-    small = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    pixels = np.asarray(small, dtype=np.float64)
-    dct = scipy.fft.dct(scipy.fft.dct(pixels, axis=0), axis=1)[:8, :8]
+
+def phash_pixels(bgr: np.ndarray) -> str:
+    """imagehash.phash's algorithm (DCT of a 32x32 grey thumbnail, 8x8 low frequencies
+    against their median) on a cheaper thumbnail: bilinear to 256x256, then an exact 8x8
+    area average. imagehash runs Lanczos over the full picture; on the benchmark corpus this
+    is 0.4 ms instead of 3 ms and 0.6 bits from imagehash's value on average (4 at most),
+    while distinct pictures stay >= 16 bits apart."""
+    grey = cv2.cvtColor(cv2.resize(bgr, (256, 256), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float64)
+    dct = scipy.fft.dct(scipy.fft.dct(small, axis=0), axis=1)[:8, :8]
     bits = (dct > np.median(dct)).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def _dct_scale(width: int, height: int, target: tuple[int, int]) -> int:
+    """Largest of 1, 2, 4, 8 that keeps a JPEG decoded at 1/scale at least ``target``."""
+    scale = 1
+    while scale < 8 and -(-width // (scale * 2)) >= target[0] and -(-height // (scale * 2)) >= target[1]:
+        scale *= 2
+    return scale
+
+
+def _decode_jpeg(body: bytes, width: int, height: int, target: tuple[int, int]) -> np.ndarray | None:
+    """BGR pixels through libjpeg-turbo, DCT-scaled toward ``target``; None when it cannot
+    (CMYK/YCCK, or a header Pillow reads and libjpeg-turbo does not): Pillow decides then.
+    Raises ValueError on corrupt or truncated data (``strict``: libjpeg's warnings are errors)."""
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(body)
+    except ValueError:
+        return None
+    if colorspace not in ("rgb", "ycbcr", "gray"):
+        return None
+    scale = _dct_scale(width, height, target)
+    resized = target != (width, height)  # the fast IDCT/upsampling is invisible after a downscale
+    pixels = simplejpeg.decode_jpeg(body, colorspace="BGR", fastdct=resized, fastupsample=resized,
+                                    min_width=-(-width // scale), min_height=-(-height // scale), strict=True)
+    if pixels.shape[1] < target[0] or pixels.shape[0] < target[1]:
+        raise ValueError("decoded size is smaller than the header says")
+    return pixels
+
+
+def _decode_pillow(img: Image.Image, fmt: str, target: tuple[int, int]) -> np.ndarray:
+    if fmt == "JPEG" and target != img.size:
+        img.draft("RGB", target)  # DCT-domain downscale, as on the fast path
+    img.load()  # the whole body is decoded here: truncation raises
+    rgb = _to_rgb(img)
+    factor = min(rgb.width // target[0], rgb.height // target[1])
+    if factor >= 2:
+        # an exact box average by an integer factor first: bilinear alone would skip
+        # source pixels (alias) above 2x, and this leaves it less than 2x to do
+        rgb = rgb.reduce(factor)
+    return cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR)
 
 
 def process_image(body: bytes, limits: ImageLimits = ImageLimits()) -> tuple[ProcessedImage | None, str]:
@@ -112,7 +166,7 @@ def process_image(body: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Pro
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # Only the sniffed format's parser ever sees the bytes.
+            # Only the sniffed format's parser ever sees the bytes (it reads the header only).
             img = Image.open(io.BytesIO(body), formats=[fmt])
             width, height = img.size
             orig_format = img.format or fmt
@@ -126,33 +180,30 @@ def process_image(body: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Pro
             if aspect > limits.max_aspect or aspect < 1.0 / limits.max_aspect:
                 return None, BAD_ASPECT
             target = fit_size(width, height, limits.max_side)
-            box = None
-            if target != (width, height) and fmt == "JPEG":
-                # DCT-domain downscale: only by factors that keep the image >= target size
-                drafted = img.draft("RGB", target)
-                box = drafted[1] if drafted else None
-            img.load()  # the whole body is decoded here: truncation raises
-            rgb = _to_rgb(img)
-            if rgb.size != target:
-                rgb = rgb.resize(target, Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
+            pixels = _decode_jpeg(body, width, height, target) if fmt == "JPEG" and img.mode != "CMYK" else None
+            if pixels is None:
+                pixels = _decode_pillow(img, fmt, target)
+            if (pixels.shape[1], pixels.shape[0]) != target:
+                # after the DCT scaling what is left is < 2x (JPEGs), where bilinear touches
+                # every source pixel; INTER_AREA is 6x slower at non-integer factors
+                pixels = cv2.resize(pixels, target, interpolation=cv2.INTER_LINEAR)
+            encoded, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, limits.jpeg_quality])
+            if not encoded:
+                return None, UNDECODABLE
+            data = buf.tobytes()
     except UnidentifiedImageError:
         return None, NOT_AN_IMAGE
     except Image.DecompressionBombError:
         return None, DECOMPRESSION_BOMB
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct_error):
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct_error, cv2.error):
         return None, UNDECODABLE
-    out = io.BytesIO()
-    # optimize: two more ms per image for ~7 % smaller files, worth it at corpus scale
-    rgb.save(out, format="JPEG", quality=limits.jpeg_quality, optimize=True)
-    data = out.getvalue()
     return ProcessedImage(
         data=data,
         sha256=hashlib.sha256(data).hexdigest(),
-        phash=phash(rgb),
-        width=rgb.width,
-        height=rgb.height,
+        phash=phash_pixels(pixels),
+        width=target[0],
+        height=target[1],
         orig_width=width,
         orig_height=height,
         orig_format=orig_format,
     ), "ok"
-
