@@ -7,8 +7,12 @@
 
 Prints, each as ``label {json}``:
 
-* ``peak``: fp32 FLOP/s of large square matmuls on all of torch's threads (bf16 as well:
-  on CPUs without AMX/AVX512-BF16 it is emulated, and ``precision=auto`` stays fp32);
+* ``peak``: fp32 FLOP/s of large square matmuls (2048 and 3072) on all of torch's threads,
+  as a burst -- the fastest single call of 4 per size and library (MKL and oneDNN with a
+  prepacked weight, both into preallocated outputs) -- and sustained (2048, back to back
+  for 3 s per library); bf16 as well (on CPUs without AMX/AVX512-BF16 it is emulated, and
+  ``precision=auto`` stays fp32). The section lines divide by the highest burst so far, the
+  ``summary`` by the highest rate of the run;
 * ``flops``: FLOPs per image and per sentence, counted with ``torch.utils.flop_counter``
   on the model itself (multiply-add = 2 FLOPs; sentence FLOPs depend on the token length,
   since batches are cut to their longest sentence);
@@ -22,8 +26,12 @@ Prints, each as ``label {json}``:
   (shapes recorded during the run) over wall time and peak.
 
 The weights are random (nothing can be downloaded here): throughput is real, similarities
-are meaningless. The peak is measured before and after each timed section and the
-largest value is used, so contention from other processes lowers utilisation, never raises it.
+are meaningless. Both peaks are measured before and after each timed section and the
+largest value is used, so contention from other processes lowers utilisation, never raises
+it. The final ``summary`` line gives every utilisation against the highest matmul rate of the
+whole run, burst or sustained (the target's denominator), and, as context, against the
+highest sustained rate alone: on this shared 2-core VM single calls of the same matmul vary
+by +-20 % and the machine's speed drifts by as much between minutes.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (build_scoring_shard, doc_shapes, jpeg_corpus, load_average, matmul_peak,  # noqa: E402
-                     peak_rss_mb, print_json)
+                     matmul_sustained, peak_rss_mb, print_json)
 
 from mmc4_assets.clip.encoder import ClipEncoder, ClipSpec  # noqa: E402
 from mmc4_assets.clip.scoring import ShardScorer  # noqa: E402
@@ -134,6 +142,21 @@ def timed(fn, seconds: float) -> tuple[int, float, float]:
     return calls, time.perf_counter() - started, warmup
 
 
+def print_summary(summary: dict[str, float], peaks: list[float], sustained: list[float]) -> None:
+    """Every utilisation against the highest matmul rate of the whole run (the lines above used the
+    highest burst so far): the burst peaks and the sustained rates are all real measurements of
+    large fp32 matmuls, and on a drifting VM a 3-s sustained window can beat every 4-call burst,
+    so the largest of them all is the denominator. ``*_vs_sustained`` is context only."""
+    top, steady = max(max(peaks), max(sustained)), max(sustained)
+    print_json("summary", {"peak_gflops": round(top / 1e9, 1), "burst_gflops_max": round(max(peaks) / 1e9, 1),
+                           "burst_gflops_min": round(min(peaks) / 1e9, 1),
+                           "sustained_gflops_max": round(steady / 1e9, 1),
+                           "sustained_gflops_min": round(min(sustained) / 1e9, 1),
+                           **{f"{k}_utilisation": round(v / top, 3) for k, v in summary.items()},
+                           **{f"{k}_utilisation_vs_sustained": round(v / steady, 3) for k, v in summary.items()},
+                           "load_average": load_average()})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-B-32")
@@ -155,11 +178,14 @@ def main() -> None:
                            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                            "load_average": load_average()})
     peaks = [matmul_peak()]
+    sustained = [matmul_sustained()]
+    summary: dict[str, float] = {}
     bf16 = None
     if not args.skip_bf16:
         probe = matmul_peak(torch.bfloat16, sizes=(512,), repeats=1)
         bf16 = matmul_peak(torch.bfloat16) if probe > peaks[0] / 4 else probe
     print_json("peak", {"fp32_gflops": round(peaks[0] / 1e9, 1),
+                        "fp32_sustained_gflops": round(sustained[0] / 1e9, 1),
                         "bf16_gflops": round(bf16 / 1e9, 1) if bf16 else None,
                         "load_average": load_average()})
 
@@ -199,7 +225,9 @@ def main() -> None:
         book.reset()
         calls, seconds, warmup = timed(fn, args.model_seconds if label == "image" else args.model_seconds / 2)
         peaks.append(matmul_peak())
+        sustained.append(matmul_sustained())
         achieved = calls * flops / seconds
+        summary[f"model_only_{label}"] = achieved
         print_json("model_only", {
             "tower": label, "model": args.model, "batch": args.batch_size if label == "image" else args.text_batch_size,
             "per_second": round(calls * (args.batch_size if label == "image" else args.text_batch_size) / seconds, 2),
@@ -208,6 +236,7 @@ def main() -> None:
             "first_call_seconds": round(warmup, 1), "load_average": load_average()})
 
     if args.docs <= 0:
+        print_summary(summary, peaks, sustained)
         return
     # -- the asset step on a stored synthetic shard --------------------------------------
     work = Path(args.workdir)
@@ -229,6 +258,7 @@ def main() -> None:
         book.sentence_flops(length)
     book.reset()
     peaks.append(matmul_peak())
+    sustained.append(matmul_sustained())
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -238,7 +268,9 @@ def main() -> None:
     if profiler:
         profiler.disable()
     peaks.append(matmul_peak())
+    sustained.append(matmul_sustained())
     achieved = book.total / seconds
+    summary["asset"], summary["asset_useful"] = achieved, book.useful / seconds
     print_json("asset", {
         "model": args.model, "docs": stats.kept + stats.total_dropped, "docs_scored": stats.kept,
         "images_encoded": book.images, "sentences_in_docs": totals.sentences,
@@ -256,6 +288,7 @@ def main() -> None:
         "process_cpu_seconds": round(cpu, 1),
         "decode_workers": scorer.decode_workers, "shard": shape,
         "peak_rss_mb": round(peak_rss_mb()), "load_average": load_average()})
+    print_summary(summary, peaks, sustained)
     if profiler:
         profiler.dump_stats(args.profile)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
