@@ -148,3 +148,60 @@ def test_cmyk_jpeg_is_stored_as_rgb():
 ])
 def test_sniff_image_format(head, name):
     assert sniff_image_format(head) == name
+
+
+# -- the fast path (simplejpeg + OpenCV, BGR inside): colours, scaling, fallbacks ------------
+
+from mmc4_assets.fetch.images import _dct_scale  # noqa: E402
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((800, 600), 1), ((1597, 900), 1), ((1599, 900), 2), ((1600, 1200), 2), ((3300, 2000), 4), ((6400, 4000), 8), ((9000, 4500), 8),
+])
+def test_dct_scale_is_the_largest_power_of_two_that_keeps_the_target(size, expected):
+    target = fit_size(*size, 800)
+    scale = _dct_scale(*size, target)
+    assert scale == expected
+    assert -(-size[0] // scale) >= target[0] and -(-size[1] // scale) >= target[1]
+
+
+@pytest.mark.parametrize("fmt, mode, size", [
+    ("JPEG", "RGB", (1700, 1000)), ("JPEG", "RGB", (500, 400)), ("JPEG", "CMYK", (1700, 1000)),
+    ("PNG", "RGB", (2500, 1400)), ("PNG", "RGBA", (600, 500)), ("WEBP", "RGB", (1000, 900)),
+])
+def test_colours_survive_every_path(fmt, mode, size):
+    # a BGR/RGB mix-up anywhere would swap red and blue in the stored JPEG
+    img = Image.new("RGB", size, (220, 30, 40))
+    img.paste((20, 40, 230), (0, 0, size[0] // 2, size[1]))
+    body = _encode(img.convert(mode), fmt)
+    image, status = process_image(body)
+    assert status == "ok" and (image.width, image.height) == fit_size(*size, 800)
+    stored = Image.open(io.BytesIO(image.data))
+    assert stored.format == "JPEG" and stored.mode == "RGB"
+    w, h = stored.size
+    left, right = stored.getpixel((w // 4, h // 2)), stored.getpixel((3 * w // 4, h // 2))
+    tolerance = 40 if mode == "CMYK" else 12  # CMYK round trips through Pillow's naive conversion
+    assert all(abs(a - b) <= tolerance for a, b in zip(left, (20, 40, 230))), left
+    assert all(abs(a - b) <= tolerance for a, b in zip(right, (220, 30, 40))), right
+
+
+def test_grey_jpeg_is_stored_as_rgb_at_the_right_size():
+    image, status = process_image(_encode(_photo(1800, 1200).convert("L")))
+    assert status == "ok" and (image.width, image.height) == (800, 533)
+    assert Image.open(io.BytesIO(image.data)).mode == "RGB"
+
+
+def test_large_png_is_box_reduced_then_resized_with_a_close_phash():
+    img = _photo(2600, 1500, seed=5)
+    image, status = process_image(_encode(img, "PNG"))
+    assert status == "ok" and (image.width, image.height) == fit_size(2600, 1500, 800)
+    reference = img.copy()
+    reference.thumbnail((800, 800), Image.Resampling.LANCZOS)
+    assert imagehash.hex_to_hash(image.phash) - imagehash.phash(reference) <= 6
+
+
+def test_truncated_png_and_small_truncated_jpeg_are_undecodable():
+    png = _encode(_photo(900, 700), "PNG")
+    jpeg = _encode(_photo(500, 400))  # no resize: the fast path decodes at full scale
+    assert process_image(png[: len(png) // 2])[1] == "undecodable"
+    assert process_image(jpeg[: len(jpeg) * 2 // 3])[1] == "undecodable"
