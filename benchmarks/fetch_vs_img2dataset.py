@@ -201,6 +201,7 @@ def main() -> None:
         run_ours(Path(urls), Path(out), shard, args.concurrency, args.workers)
         return
 
+    load_before = os.getloadavg()[0]
     corpus = build_corpus(args.workdir / "corpus", args.n)
     pngs = sum(e["name"].endswith(".png") for e in corpus)
     resized = sum(max(e["width"], e["height"]) > 800 for e in corpus)
@@ -251,7 +252,7 @@ def main() -> None:
               f"{m['peak_rss_mib']:12.0f}{flag}")
     for processes, ratio in ratios:
         print(f"ratio ours / img2dataset, {processes} proc: {ratio:.2f}x img/s (target >= 2x)")
-    print(f"cores: {os.cpu_count()}; load average before/after: {os.getloadavg()[0]:.2f} "
+    print(f"cores: {os.cpu_count()}; 1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} "
           "(the image server runs beside both tools and is not counted in CPU or RSS)")
 
 
