@@ -98,10 +98,14 @@ def test_truncated_large_jpeg_on_the_draft_path_is_undecodable():
     assert process_image(good[: len(good) * 2 // 3])[1] == "undecodable"
 
 
-def test_draft_decoding_keeps_exact_size_and_a_close_phash():
-    img = _photo(1900, 1300, seed=3)
-    image, status = process_image(_encode(img, "JPEG"))
-    assert status == "ok" and (image.width, image.height) == fit_size(1900, 1300, 800)
+@pytest.mark.parametrize("fmt, size, seed", [
+    ("JPEG", (1900, 1300), 3),  # DCT-scaled decode, then bilinear for the rest
+    ("PNG", (2600, 1500), 5),   # integer box reduce, then bilinear for the rest
+])
+def test_scaled_decoding_keeps_exact_size_and_a_close_phash(fmt, size, seed):
+    img = _photo(*size, seed=seed)
+    image, status = process_image(_encode(img, fmt))
+    assert status == "ok" and (image.width, image.height) == fit_size(*size, 800)
     reference = img.copy()
     reference.thumbnail((800, 800), Image.Resampling.LANCZOS)
     assert imagehash.hex_to_hash(image.phash) - imagehash.phash(reference) <= 6
@@ -189,15 +193,6 @@ def test_grey_jpeg_is_stored_as_rgb_at_the_right_size():
     image, status = process_image(_encode(_photo(1800, 1200).convert("L")))
     assert status == "ok" and (image.width, image.height) == (800, 533)
     assert Image.open(io.BytesIO(image.data)).mode == "RGB"
-
-
-def test_large_png_is_box_reduced_then_resized_with_a_close_phash():
-    img = _photo(2600, 1500, seed=5)
-    image, status = process_image(_encode(img, "PNG"))
-    assert status == "ok" and (image.width, image.height) == fit_size(2600, 1500, 800)
-    reference = img.copy()
-    reference.thumbnail((800, 800), Image.Resampling.LANCZOS)
-    assert imagehash.hex_to_hash(image.phash) - imagehash.phash(reference) <= 6
 
 
 def test_truncated_png_and_small_truncated_jpeg_are_undecodable():
