@@ -130,7 +130,7 @@ def _decode_jpeg(body: bytes, width: int, height: int, target: tuple[int, int]) 
         _, _, colorspace, _ = simplejpeg.decode_jpeg_header(body)
     except ValueError:
         return None
-    if colorspace not in ("rgb", "ycbcr", "gray"):
+    if colorspace.lower() not in ("rgb", "ycbcr", "gray"):  # simplejpeg says "YCbCr", "Gray", "CMYK", "YCCK"
         return None
     scale = _dct_scale(width, height, target)
     resized = target != (width, height)  # the fast IDCT/upsampling is invisible after a downscale
