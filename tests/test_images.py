@@ -200,3 +200,16 @@ def test_truncated_png_and_small_truncated_jpeg_are_undecodable():
     jpeg = _encode(_photo(500, 400))  # no resize: the fast path decodes at full scale
     assert process_image(png[: len(png) // 2])[1] == "undecodable"
     assert process_image(jpeg[: len(jpeg) * 2 // 3])[1] == "undecodable"
+
+
+@pytest.mark.parametrize("mode, fast", [("RGB", True), ("L", True), ("CMYK", False)])
+def test_ordinary_jpegs_take_the_libjpeg_turbo_path(monkeypatch, mode, fast):
+    # the fast path silently falling back to Pillow cost 2.5 ms per image once: pin who decodes
+    import mmc4_assets.fetch.images as images
+
+    used = []
+    real = images._decode_pillow
+    monkeypatch.setattr(images, "_decode_pillow", lambda *a: used.append(a) or real(*a))
+    image, status = process_image(_encode(_photo(1700, 1000).convert(mode)))
+    assert status == "ok" and (image.width, image.height) == (800, 471)
+    assert (not used) is fast
