@@ -180,7 +180,7 @@ def process_image(body: bytes, limits: ImageLimits = ImageLimits()) -> tuple[Pro
             if aspect > limits.max_aspect or aspect < 1.0 / limits.max_aspect:
                 return None, BAD_ASPECT
             target = fit_size(width, height, limits.max_side)
-            pixels = _decode_jpeg(body, width, height, target) if fmt == "JPEG" and img.mode != "CMYK" else None
+            pixels = _decode_jpeg(body, width, height, target) if fmt == "JPEG" else None
             if pixels is None:
                 pixels = _decode_pillow(img, fmt, target)
             if (pixels.shape[1], pixels.shape[0]) != target:
