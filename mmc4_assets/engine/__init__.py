@@ -1,0 +1,48 @@
+"""The distributed engine for joins and corpus-wide aggregates: Dask (dask.distributed).
+
+One code path: ``dask_client(settings)`` yields a ``distributed.Client``. Without a
+``scheduler_address`` it starts an in-process ``LocalCluster`` (tests, the embedded
+default, nothing to start by hand); with one it connects to a running scheduler (a
+dask-kubernetes ``DaskCluster``, ``dask scheduler`` on a VM, Coiled, ...). The code that
+submits work never knows which. No Dagster import here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    # tcp://host:8786 of a running scheduler; None starts a LocalCluster for the duration
+    scheduler_address: str | None = None
+    # LocalCluster only: worker processes, threads each, memory each (spill/pause above it)
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "2GiB"
+    # "p2p" is dask's scalable shuffle (disk-backed, bounded memory); "tasks" for tiny graphs
+    shuffle_method: str = "p2p"
+    # dask config applied while the client is open (e.g. {"distributed.worker.memory.spill": 0.7})
+    dask_config: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@contextlib.contextmanager
+def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
+    """A dask.distributed Client: connected to ``scheduler_address``, or to a LocalCluster we own."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    settings = settings or EngineSettings()
+    config = {"dataframe.shuffle.method": settings.shuffle_method, **settings.dask_config}
+    with dask.config.set(config):
+        if settings.scheduler_address:
+            with Client(settings.scheduler_address) as client:
+                yield client
+            return
+        # dashboard off: a port per test run is noise, and nothing here serves it
+        with LocalCluster(n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
+                          memory_limit=settings.memory_limit, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
