@@ -38,6 +38,7 @@ from mmc4_assets.fetch.http import (
     parse_retry_after,
     rewrite_url,
 )
+from mmc4_assets.fetch.sniff import sniff_image_format
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -509,7 +510,7 @@ def test_gzip_bomb_is_capped_after_inflating(server):
     ],
 )
 def test_body_sniffing_decides_not_the_header(head, ok):
-    assert (fh.sniff_image_format(head) is not None) is ok
+    assert (sniff_image_format(head) is not None) is ok
 
 
 # --------------------------------------------------------------------------- politeness
