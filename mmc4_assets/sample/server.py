@@ -53,7 +53,7 @@ def sample_images_dir(data_dir: Path = SAMPLE_DIR) -> Path:
 
 
 def load_expected(data_dir: Path = SAMPLE_DIR) -> dict[str, Any]:
-    """Ground truth written by the builder (see ``build.py`` for the layout)."""
+    """Ground truth written by the builder (see ``tests/sample_build.py`` for the layout)."""
     return json.loads((Path(data_dir) / EXPECTED_RELPATH).read_text(encoding="utf-8"))
 
 
