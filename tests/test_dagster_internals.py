@@ -45,8 +45,13 @@ def test_step_handler_has_exactly_the_methods_our_wrapper_forwards():
 
 
 def test_a_step_handler_context_subclass_sees_the_adopted_state():
-    assert _params(di.StepHandlerContext.__init__)[:5] == ["self", "instance", "plan_context", "steps",
-                                                           "execute_step_args"]
+    assert _params(di.StepHandlerContext.__init__)[:5] == [
+        "self",
+        "instance",
+        "plan_context",
+        "steps",
+        "execute_step_args",
+    ]
     assert isinstance(di.StepHandlerContext.step_tags, property)
     steps = [SimpleNamespace(key="clip_scores", tags={"mmc4/device": "gpu"})]
     inner = di.StepHandlerContext(instance=None, plan_context=None, steps=steps, execute_step_args=None)
@@ -92,8 +97,13 @@ def test_config_helpers_used_by_the_deploy_tests():
 def _private_dagster_imports(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+            else []
+        )
         found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.startswith("dagster._")]
     return found
 

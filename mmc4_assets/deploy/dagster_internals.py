@@ -39,7 +39,7 @@ __all__ = [
     "multiple_process_executor_requirements",
     "pg_config",
     "process_config",
-        "with_executor_config",
+    "with_executor_config",
     "wrap_step_handler",
 ]
 

@@ -19,7 +19,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -163,8 +163,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
@@ -197,9 +197,6 @@ def _resolve_location(current: URL, location: str) -> URL | None:
     except (ValueError, TypeError):
         return None
     return parse_http_url(str(target))
-
-
-
 
 
 @dataclass
@@ -321,9 +318,7 @@ class Fetcher:
             await self._session.close()
             self._session = None
 
-    async def fetch(
-        self, urls: Sequence[str], on_result: ResultCallback | None
-    ) -> list[FetchResult]:
+    async def fetch(self, urls: Sequence[str], on_result: ResultCallback | None) -> list[FetchResult]:
         """Fetch all URLs concurrently; duplicates are fetched once and shared."""
         positions: dict[Any, list[int]] = {}
         for index, url in enumerate(urls):
@@ -454,9 +449,7 @@ class Fetcher:
         """Judge headers first so refused responses cost no body bandwidth."""
         s = self.settings
         header_type = resp.headers.get(aiohttp.hdrs.CONTENT_TYPE)
-        base = _Outcome(
-            OK, http_status=resp.status, content_type=media_type(header_type), final_url=str(url)
-        )
+        base = _Outcome(OK, http_status=resp.status, content_type=media_type(header_type), final_url=str(url))
         if not 200 <= resp.status < 300:
             base.status = http_status_name(resp.status)
             base.retriable = resp.status == 429 or resp.status >= 500

@@ -13,12 +13,11 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import Union
 
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # NAT64 gateways translate this prefix to the embedded IPv4 address, which may be internal.
 _NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
@@ -168,8 +167,6 @@ class GuardedResolver(DefaultResolver):
                 self._negative.clear()
         self._negative[host] = (now + self._negative_ttl, error)
 
-    async def _lookup(
-        self, host: str, port: int, family: socket.AddressFamily
-    ) -> list[ResolveResult]:
+    async def _lookup(self, host: str, port: int, family: socket.AddressFamily) -> list[ResolveResult]:
         """The real DNS lookup (a seam tests replace with a fake table)."""
         return await super().resolve(host, port, family)

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 _OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 
 # Directives that carry a value after a colon, so "name:" before them is no bot scope.
-_VALUED_DIRECTIVES = frozenset(
-    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
-)
+_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 _BOT_TOKEN = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -64,9 +62,8 @@ def user_agent_token(user_agent: str) -> str:
     return re.split(r"[/\s]", user_agent.strip(), maxsplit=1)[0].lower()
 
 
-
-
 # --------------------------------------------------------------------------- rate limiting
+
 
 @dataclass
 class _HostSlot:
@@ -111,4 +108,3 @@ class HostLimiter:
             self._next_start = {h: t for h, t in self._next_start.items() if t > now}
         if start > now:
             await asyncio.sleep(start - now)
-
