@@ -1,7 +1,8 @@
 """Static image server for the fetch benchmark: every file of a directory, from memory.
 
 Run as its own process (``python benchmarks/fetch_server.py DIR``) so that serving does not
-share the measured fetcher's GIL. Binds 127.0.0.1 only, prints ``PORT <n>`` once listening,
+share the measured fetcher's GIL. Binds 127.0.0.1 only (the project's loopback server,
+:func:`mmc4_assets.testing.loopback.start_app`), prints ``PORT <n>`` once listening,
 and exits on SIGTERM/SIGINT or when its parent goes away (stdin closes).
 """
 
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+
+from mmc4_assets.testing.loopback import start_app
 
 
 async def main(directory: Path) -> None:
@@ -27,10 +30,8 @@ async def main(directory: Path) -> None:
 
     app = web.Application()
     app.add_routes([web.get("/img/{name}", image)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
-    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    runner, port = await start_app(app, backlog=1024)
+    print(f"PORT {port}", flush=True)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -31,15 +31,16 @@ def sample_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.storage_root:
-        root = args.storage_root
-        os.environ["MMC4_STORAGE_ROOT"] = root if "://" in root else str(Path(root).resolve())
+        from mmc4_assets.storage import resolve_root
+
+        # the code location's resources read it, as for `dagster dev`
+        os.environ["MMC4_STORAGE_ROOT"] = resolve_root(args.storage_root)
     os.environ.setdefault("MMC4_PROFILE", "sample")
 
     from mmc4_assets.definitions import defs
     from mmc4_assets.defs.partitions import shards
-    from mmc4_assets.defs.resources import default_storage_root
     from mmc4_assets.publish.mmc4_format import shard_filename
-    from mmc4_assets.storage import ShardStore
+    from mmc4_assets.storage import open_store
 
     instance = _instance()
     instance.add_dynamic_partitions(shards.name, [SAMPLE_SHARD])
@@ -63,7 +64,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         print(f"  {key:18s} {counts}")
     for check in result.get_asset_check_evaluations():
         print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
-    store = ShardStore(default_storage_root())
+    store = open_store()  # the root and MMC4_S3_* settings the run's resources used
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")
     print(f"dagster home:    {os.environ['DAGSTER_HOME']}")
     print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml"

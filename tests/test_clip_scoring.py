@@ -144,12 +144,17 @@ def test_scorer_matches_a_per_document_computation_and_encodes_each_sentence_onc
 def test_tiny_caches_still_give_the_same_numbers(encoder):
     docs = _docs(20, seed=1)
     with ShardScorer(encoder, BLOBS.__getitem__, sentence_cache_size=2, image_cache_size=1, lookahead=2) as scorer:
-        out = [s for _, s in scorer.score((k, docs[k:k + 3]) for k in range(0, 20, 3))]
-    got = [m for s in out for m in s.similarity_matrices]
-    for doc, matrix in zip(docs, got):
+        out = list(scorer.score((k, docs[k:k + 3]) for k in range(0, 20, 3)))
+    # every batch comes back, in order, with one matrix per document: a scorer yielding
+    # nothing (or dropping a batch) must fail here, not pass an empty comparison
+    assert [k for k, _ in out] == list(range(0, 20, 3))
+    got = [m for _, s in out for m in s.similarity_matrices]
+    assert len(got) == len(docs)
+    for doc, matrix in zip(docs, got, strict=True):
         np.testing.assert_allclose(matrix, _naive(doc, encoder), atol=2e-5)
     one = score_documents(docs[:3], encoder, BLOBS.__getitem__)
-    for doc, matrix in zip(docs[:3], one.similarity_matrices):
+    assert len(one.similarity_matrices) == 3
+    for doc, matrix in zip(docs[:3], one.similarity_matrices, strict=True):
         np.testing.assert_allclose(matrix, _naive(doc, encoder), atol=2e-5)
 
 

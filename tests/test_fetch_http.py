@@ -12,7 +12,8 @@ import io
 import ipaddress
 import random
 import socket
-import threading
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -38,6 +39,8 @@ from mmc4_assets.fetch.http import (
     parse_retry_after,
     rewrite_url,
 )
+from mmc4_assets.fetch.sniff import sniff_image_format
+from mmc4_assets.testing.loopback import LoopbackServer
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -79,31 +82,15 @@ def settings(**overrides) -> FetchSettings:
 # --------------------------------------------------------------------------- test server
 
 
-class ImageServer:
-    """aiohttp.web app on 127.0.0.1:0, run on its own thread and event loop."""
+class ImageServer(LoopbackServer):
+    """The hostile and friendly endpoints the download layer is tested against."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.hits: Counter[str] = Counter()
         self.bytes_sent: dict[str, int] = {}
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    # lifecycle ---------------------------------------------------------------
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(5)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-    async def _start(self) -> None:
-        app = web.Application(middlewares=[self._record])
-        app.add_routes(
-            [
+        super().__init__(
+            routes=[
                 web.get("/img/{name}", self.img),
                 web.get("/pixel.png", self.pixel),
                 web.get("/status/{code}", self.status),
@@ -120,16 +107,9 @@ class ImageServer:
                 web.get("/robots", self.robots),
                 web.get("/html-as-jpeg", self.html_as_jpeg),
                 web.get("/gzip-bomb", self.gzip_bomb),
-            ]
+            ],
+            middlewares=[self._record],
         )
-        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
 
     def reset(self) -> None:
         self.requests.clear()
@@ -509,7 +489,7 @@ def test_gzip_bomb_is_capped_after_inflating(server):
     ],
 )
 def test_body_sniffing_decides_not_the_header(head, ok):
-    assert (fh.sniff_image_format(head) is not None) is ok
+    assert (sniff_image_format(head) is not None) is ok
 
 
 # --------------------------------------------------------------------------- politeness
@@ -887,4 +867,15 @@ def test_settings_validation():
 
 
 def test_module_has_no_dagster_dependency():
-    assert "dagster" not in fh.__dict__
+    # A fresh interpreter: in this one other tests have long imported Dagster. Any way in
+    # (import dagster as dg, from dagster import ..., a helper module that does) counts.
+    modules = [f"mmc4_assets.fetch.{m}" for m in ("http", "guard", "politeness", "client", "pipeline", "shard")]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    leaked = sorted(m for m in sys.modules if m.split('.')[0].startswith('dagster'))\n"
+        "    assert not leaked, f'{name} imports {leaked[:3]}'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -31,6 +31,7 @@ from mmc4_assets.fetch.log import LOG_TABLE, FetchLog, fingerprint, reusable
 from mmc4_assets.fetch.shard import FETCHED_SCHEMA, FetchProgress, ShardOptions, fetch_documents
 from mmc4_assets.stats import StepStats
 from mmc4_assets.storage import ShardStore
+from mmc4_assets.testing.loopback import LoopbackServer
 from test_fetch_http import fake_dns, loopback_only_network, public_alias  # noqa: F401  (fixtures)
 from test_images import png_bomb
 
@@ -66,42 +67,25 @@ BODIES = {  # name -> (body, Content-Type)
 }
 
 
-class HostileServer:
-    """aiohttp on 127.0.0.1:0 in a thread; counts requests per path and query."""
+class HostileServer(LoopbackServer):
+    """Counts requests per path and query; names resolve to it through 'public.test'."""
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> HostileServer:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(5)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-    async def _start(self) -> None:
-        app = web.Application(middlewares=[self._count])
-        app.add_routes([
-            web.get("/img/{name}", self.img), web.get("/status/{code}", self.status),
-            web.get("/flaky/{key}", self.flaky), web.get("/slow/{key}", self.slow),
-            web.get("/trickle", self.trickle), web.get("/huge", self.huge),
-            web.get("/huge-chunked", self.huge_chunked), web.get("/loop", self.loop_redirect),
-            web.get("/goto", self.goto), web.get("/optout", self.optout),
-            web.get("/reset", self.reset),
-        ])
-        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.port = self.runner.addresses[0][1]
+        super().__init__(
+            routes=[
+                web.get("/img/{name}", self.img), web.get("/status/{code}", self.status),
+                web.get("/flaky/{key}", self.flaky), web.get("/slow/{key}", self.slow),
+                web.get("/trickle", self.trickle), web.get("/huge", self.huge),
+                web.get("/huge-chunked", self.huge_chunked), web.get("/loop", self.loop_redirect),
+                web.get("/goto", self.goto), web.get("/optout", self.optout),
+                web.get("/reset", self.reset),
+            ],
+            middlewares=[self._count],
+        )
 
     def url(self, path: str, host: str = "public.test") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return super().url(path, host)
 
     @web.middleware
     async def _count(self, request: web.Request, handler):

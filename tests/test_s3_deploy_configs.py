@@ -15,12 +15,16 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 import yaml
-from dagster._config import process_config
-from dagster._core.executor.step_delegating import StepHandler, StepHandlerContext
-from dagster._core.instance.config import dagster_instance_config
-from dagster._serdes import ConfigurableClassData
 from test_s3_support import loopback_s3
 
+from mmc4_assets.deploy.dagster_internals import (
+    ConfigurableClassData,
+    StepHandler,
+    StepHandlerContext,
+    dagster_instance_config,
+    pg_config,
+    process_config,
+)
 from mmc4_assets.deploy.executors import (
     DEVICE_TAG,
     DevicePlacementStepHandler,
@@ -60,7 +64,6 @@ def test_instance_yaml_matches_dagsters_schemas(path, monkeypatch, tmp_path):
     if path.name == "dagster.yaml" and path.parent == HOME:
         assert "storage" not in config   # the embedded default stays SQLite under DAGSTER_HOME
     else:
-        from dagster._core.instance.config import pg_config
         from dagster_postgres.utils import pg_url_from_config
 
         pg = process_config(pg_config(), config["storage"]["postgres"])

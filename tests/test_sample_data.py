@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
-from mmc4_assets.sample import build
+import sample_build as build  # tests/sample_build.py: the generator lives with the tests, its data in the package
 from mmc4_assets.sample.server import (
     IMAGE_URL_PREFIX,
     SAMPLE_DIR,
@@ -64,7 +64,7 @@ def test_generator_is_deterministic(fresh_builds: tuple[Path, Path]) -> None:
 
 def test_committed_data_matches_fresh_build(fresh_builds: tuple[Path, Path]) -> None:
     fresh, _ = fresh_builds
-    assert _files(SAMPLE_DIR) == _files(fresh), "run `python -m mmc4_assets.sample.build`"
+    assert _files(SAMPLE_DIR) == _files(fresh), "run `python -m tests.sample_build`"
     assert load_expected(SAMPLE_DIR) == load_expected(fresh)
     # Compare decompressed content: gzip bytes may differ across zlib versions.
     assert _gunzip(sample_shard_path()) == _gunzip(sample_shard_path(fresh))

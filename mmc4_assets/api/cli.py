@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from mmc4_assets.api.auth import DEFAULT_ITERATIONS, TokenFileError, hash_token, load_token_file, new_token
+from mmc4_assets.storage.settings import storage_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
 
-    storage_root = args.storage_root or os.environ.get("MMC4_STORAGE_ROOT") or str(Path("storage").resolve())
+    storage = storage_settings(args.storage_root)  # root and MMC4_S3_* settings, as the pipeline's
     tokens_file = args.tokens_file or os.environ.get("MMC4_API_TOKENS")
     if not tokens_file:
         parser.error("--tokens-file (or $MMC4_API_TOKENS) is required; make one with hash-token")
@@ -53,7 +54,8 @@ def serve_main(argv: list[str]) -> int:
     from mmc4_assets.api.app import Settings, create_app
 
     try:
-        app = create_app(Settings(storage_root=storage_root, tokens_file=tokens_file, cache_dir=args.cache_dir,
+        app = create_app(Settings(storage_root=storage.root, storage_options=storage.storage_options,
+                                  tokens_file=tokens_file, cache_dir=args.cache_dir,
                                   index_ttl=args.index_ttl, rate_limit=args.rate_limit, burst=args.burst,
                                   warm=args.warm))
     except TokenFileError as exc:

@@ -16,8 +16,9 @@ from upath import UPath
 from mmc4_assets.defs.classifiers import FeatureClassifiers
 from mmc4_assets.defs.quality import DataQuality
 from mmc4_assets.fetch.http import FetchSettings
-from mmc4_assets.storage import ShardStore
+from mmc4_assets.storage import ShardStore, open_store, resolve_root
 from mmc4_assets.storage.s3 import options_for, s3fs_storage_options
+from mmc4_assets.storage.settings import S3_ENV_FIELDS
 
 SHARD_SUFFIX = ".json.gz"
 # dagster-aws's S3 settings (ResourceWithS3Configuration, S3Resource): the same names here
@@ -49,7 +50,7 @@ class StorageResource(ResourceWithS3Configuration):
     root: str
 
     def store(self) -> ShardStore:
-        return ShardStore(self.root, options_for(self.root, s3_storage_options(self)))
+        return open_store(self.root, s3={name: getattr(self, name) for name in S3_FIELDS})
 
 
 class CommonCrawlConfig(dg.Config):
@@ -260,9 +261,7 @@ def s3_resource_from_env(prefix: str = "MMC4_S3_") -> S3Resource | None:
 
     Values are bound as ``EnvVar``s: read when a run starts, never shown in the UI.
     """
-    fields = {"ENDPOINT_URL": "endpoint_url", "REGION": "region_name", "PROFILE": "profile_name",
-              "ACCESS_KEY_ID": "aws_access_key_id", "SECRET_ACCESS_KEY": "aws_secret_access_key",
-              "SESSION_TOKEN": "aws_session_token"}
+    fields = {var: name for var, name in S3_ENV_FIELDS.items() if var != "MAX_ATTEMPTS"}
     kwargs: dict[str, Any] = {field: dg.EnvVar(prefix + var) for var, field in fields.items()
                               if os.environ.get(prefix + var)}
     if os.environ.get(prefix + "MAX_ATTEMPTS"):
@@ -307,7 +306,7 @@ def production_resources() -> dict[str, Any]:
 
 
 def default_storage_root() -> str:
-    return os.environ.get("MMC4_STORAGE_ROOT") or str(Path.cwd() / "storage")
+    return resolve_root()
 
 
 @dg.definitions

@@ -32,12 +32,17 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.executor.step_delegating import (
+
+from mmc4_assets.deploy.dagster_internals import (
     CheckStepHealthResult,
     StepDelegatingExecutor,
     StepHandler,
     StepHandlerContext,
+    adopt_context_state,
+    executor_config_fields,
+    multiple_process_executor_requirements,
+    with_executor_config,
+    wrap_step_handler,
 )
 
 DEVICE_TAG = "mmc4/device"
@@ -55,7 +60,7 @@ class _DeviceTaggedContext(StepHandlerContext):
     """The same step handler context whose step tags include the device placement."""
 
     def __init__(self, inner: StepHandlerContext, device_tags: Mapping[str, Mapping[str, Any]]):
-        self.__dict__.update(inner.__dict__)
+        adopt_context_state(self, inner)
         self._device_tags = device_tags
 
     @property
@@ -87,7 +92,7 @@ class DevicePlacementStepHandler(StepHandler):
 
 def with_device_placement(base: dg.ExecutorDefinition, name: str) -> dg.ExecutorDefinition:
     """``base`` (a step-delegating executor) with a ``device_tags`` config field."""
-    fields = dict(base.config_schema.as_field().config_type.fields)
+    fields = executor_config_fields(base)
     fields["device_tags"] = dg.Field(
         dg.Map(str, dg.Permissive()), is_required=False, default_value={},
         description="device name (the mmc4/device op tag) -> launcher step tags for those steps")
@@ -96,8 +101,8 @@ def with_device_placement(base: dg.ExecutorDefinition, name: str) -> dg.Executor
     def _executor(init_context: dg.InitExecutorContext) -> StepDelegatingExecutor:
         config = dict(init_context.executor_config)
         device_tags = config.pop("device_tags", {}) or {}
-        executor = base.executor_creation_fn(init_context._replace(executor_config=config))
-        executor._step_handler = DevicePlacementStepHandler(executor._step_handler, device_tags)
+        executor = base.executor_creation_fn(with_executor_config(init_context, config))
+        wrap_step_handler(executor, lambda inner: DevicePlacementStepHandler(inner, device_tags))
         return executor
 
     _executor.__doc__ = f"{base.name} executor whose steps are placed by their {DEVICE_TAG} tag."

@@ -6,7 +6,7 @@ caller's thread receives finished rows in input order. Bounds:
 
 * at most ``settings.concurrency`` bodies in memory: a download keeps its global slot
   until its body has been decoded, so a busy pool slows downloads instead of queueing
-  bodies (:meth:`mmc4_assets.fetch.http._Fetcher.fetch_url`);
+  bodies (:meth:`mmc4_assets.fetch.client.Fetcher.fetch_url`);
 * at most ``window`` candidates admitted ahead of the oldest unfinished one, whose
   finished rows (small dicts, no pixels) wait to be emitted in order.
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from mmc4_assets.fetch.http import OK, FetchResult, FetchSettings, _Fetcher
+from mmc4_assets.fetch.client import OK, Fetcher, FetchResult, FetchSettings
 from mmc4_assets.fetch.images import ImageLimits, ProcessedImage, process_image
 
 FETCHED_SCHEMA = {
@@ -116,7 +116,7 @@ class FetchPipeline:
         self._thread = threading.Thread(target=self._loop.run_forever, name="mmc4-fetch-loop",
                                         daemon=True)
         self._thread.start()
-        self._fetcher: _Fetcher | None = None
+        self._fetcher: Fetcher | None = None
         try:
             self._fetcher = self._call(self._open())
         except BaseException:
@@ -140,8 +140,8 @@ class FetchPipeline:
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _open(self) -> _Fetcher:
-        fetcher = _Fetcher(self.settings)
+    async def _open(self) -> Fetcher:
+        fetcher = Fetcher(self.settings)
         await fetcher.open()
         return fetcher
 

@@ -12,19 +12,20 @@ Usage::
     with SampleImageServer() as server:
         fetch_images(..., url_rewrites=server.rewrites)
 
-Stdlib only, so importing this module is cheap and never pulls in Pillow or warcio.
+The server is the project's one loopback server (:mod:`mmc4_assets.testing.loopback`, aiohttp);
+importing this module never pulls in Pillow or warcio.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from functools import partial
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from aiohttp import web
+
+from mmc4_assets.testing.loopback import LoopbackServer
 
 SAMPLE_DIR: Path = Path(__file__).resolve().parent / "data"
 IMAGE_URL_PREFIX = "https://img.mmc4-sample.test/"
@@ -52,7 +53,7 @@ def sample_images_dir(data_dir: Path = SAMPLE_DIR) -> Path:
 
 
 def load_expected(data_dir: Path = SAMPLE_DIR) -> dict[str, Any]:
-    """Ground truth written by the builder (see ``build.py`` for the layout)."""
+    """Ground truth written by the builder (see ``tests/sample_build.py`` for the layout)."""
     return json.loads((Path(data_dir) / EXPECTED_RELPATH).read_text(encoding="utf-8"))
 
 
@@ -75,129 +76,53 @@ def sniff_content_type(head: bytes) -> str:
     return "application/octet-stream"
 
 
-class _SampleRequestHandler(BaseHTTPRequestHandler):
-    """Serves files below ``root``; anything else is a 404."""
+def resolve_below(root: Path, raw_path: str) -> Path | None:
+    """The file below ``root`` a request path names, or None (then the answer is a 404).
 
-    server_version = "mmc4-sample"
-
-    def __init__(self, *args: Any, root: Path, **kwargs: Any) -> None:
-        self.root = root
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self) -> None:
-        self._serve(send_body=True)
-
-    def do_HEAD(self) -> None:
-        self._serve(send_body=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: the pipeline makes many requests and tests capture stderr."""
-
-    def _resolve(self) -> Path | None:
-        # The query string is ignored, like a static file server would (photo.JPG?w=600).
-        path = unquote(urlsplit(self.path).path)
-        if not path.startswith("/"):
-            return None
-        rel = path[1:]
-        parts = PurePosixPath(rel).parts
-        # Reject traversal and anything that looks absolute ("//etc/passwd", "C:\...").
-        if (
-            not rel
-            or rel.startswith("/")
-            or "\\" in rel
-            or "\x00" in rel
-            or ":" in rel
-            or ".." in parts
-        ):
-            return None
-        candidate = (self.root / rel).resolve()
-        # Symlinks could still point outside the root; check the resolved path.
-        if not candidate.is_relative_to(self.root) or not candidate.is_file():
-            return None
-        return candidate
-
-    def _serve(self, send_body: bool) -> None:
-        target = self._resolve()
-        if target is None:
-            self.send_error(HTTPStatus.NOT_FOUND)
-            return
-        body = target.read_bytes()
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", sniff_content_type(body[:16]))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
+    The query string is ignored, like a static file server would (photo.JPG?w=600).
+    """
+    path = unquote(urlsplit(raw_path).path)
+    if not path.startswith("/"):
+        return None
+    rel = path[1:]
+    parts = PurePosixPath(rel).parts
+    # Reject traversal and anything that looks absolute ("//etc/passwd", "C:\\...").
+    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel or ":" in rel or ".." in parts:
+        return None
+    candidate = (root / rel).resolve()
+    # Symlinks could still point outside the root; check the resolved path.
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    return candidate
 
 
-class _QuietThreadingHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hanging up early (timeouts, cancelled fetches) are not our problem."""
-
-
-class SampleImageServer:
+class SampleImageServer(LoopbackServer):
     """Serve ``directory`` (default: the bundled sample images) on 127.0.0.1, random port.
 
-    Use as a context manager, or call :meth:`start` / :meth:`stop` explicitly.
+    Files below the directory answer GET and HEAD; anything else is a 404. Use as a
+    context manager, or call :meth:`start` / :meth:`stop` explicitly.
     """
-
-    HOST = "127.0.0.1"
 
     def __init__(self, directory: Path | str | None = None) -> None:
         self.directory = Path(directory if directory is not None else sample_images_dir()).resolve()
-        self._httpd: _QuietThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(routes=[web.get("/{path:.*}", self._serve)], name="sample-image-server")
 
     def start(self) -> "SampleImageServer":
-        if self._httpd is not None:
-            return self
-        if not self.directory.is_dir():
+        if not self.running and not self.directory.is_dir():
             raise FileNotFoundError(f"sample image directory not found: {self.directory}")
-        handler = partial(_SampleRequestHandler, root=self.directory)
-        # Port 0 lets the OS pick a free port, so parallel test runs never collide.
-        self._httpd = _QuietThreadingHTTPServer((self.HOST, 0), handler)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="sample-image-server",
-            daemon=True,
-        )
-        self._thread.start()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = None
-        self._thread = None
 
     def __enter__(self) -> "SampleImageServer":
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._httpd is not None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        if self._httpd is None:
-            raise RuntimeError("SampleImageServer is not running")
-        host, port = self._httpd.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.address
-        return f"http://{host}:{port}/"
+    async def _serve(self, request: web.Request) -> web.Response:
+        # raw_path: the request target as sent, so traversal attempts are judged unnormalised
+        target = resolve_below(self.directory, request.raw_path)
+        if target is None:
+            raise web.HTTPNotFound()
+        body = target.read_bytes()
+        return web.Response(body=body, headers={"Content-Type": sniff_content_type(body[:16])})
 
     @property
     def rewrites(self) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Helpers for tests, the bundled sample and the benchmarks (no Dagster, nothing at import time)."""
