@@ -173,8 +173,8 @@ def test_blocking_check_stops_downstream_on_broken_output(tmp_path, monkeypatch)
 
     original = mod.assign_frame
 
-    def broken(batch, min_sim):
-        out = original(batch, min_sim)
+    def broken(batch, min_sim, rule):
+        out = original(batch, min_sim, rule)
         # every image points past the end of its text_list
         frame = out.frame.with_columns(pl.col("image_info").list.eval(pl.element().struct.with_fields(
             pl.field("matched_text_index") + 1000)))

@@ -284,8 +284,10 @@ def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext, s
                                  expected)
             # MMC4's assignment over exactly the published images (subsets keep the full set's)
             rule, min_sim = _assignment_settings(store, shard)
-            for name, n in published_assignment_rules(lines, min_sim, rule).failures.items():
+            assigned = published_assignment_rules(lines, min_sim, rule)
+            for name, n in assigned.failures.items():
                 combined.rule(name, n)
+            combined.examples += assigned.examples[:2]
             combined.stats.update(assignment_rule=rule, min_similarity=min_sim)
         else:
             expected = md.get(f"num_docs{_slug(subset)}", -1)
