@@ -94,13 +94,17 @@ def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarra
     matched = np.where(kept, first, -1)
     surplus = np.zeros(num_rows, dtype=bool)
     solve_docs = np.flatnonzero(needs_solver)
-    for c0, r0, nd, md in zip(doc_cell0[solve_docs].tolist(), doc_row0[solve_docs].tolist(),
-                              n[solve_docs].tolist(), m[solve_docs].tolist()):
+    all_kept = (np.bincount(row_doc[kept_rows], minlength=num_docs) == n)[solve_docs]
+    solve = solve_mmc4 if rule == MMC4 else (lambda sub: solve_thresholded_argmax(sub, min_sim))
+    for c0, r0, nd, md, full in zip(doc_cell0[solve_docs].tolist(), doc_row0[solve_docs].tolist(),
+                                    n[solve_docs].tolist(), m[solve_docs].tolist(), all_kept.tolist()):
         # the same float64 kept rows assign_images solves: images below min_sim take no part
-        rows = np.flatnonzero(kept[r0:r0 + nd])
-        sub = vals[c0:c0 + nd * md].reshape(nd, md)[rows]
-        got = solve_mmc4(sub) if rule == MMC4 else solve_thresholded_argmax(sub, min_sim)
-        matched[rows + r0], surplus[rows + r0] = got
+        sub = vals[c0:c0 + nd * md].reshape(nd, md)
+        if full:
+            matched[r0:r0 + nd], surplus[r0:r0 + nd] = solve(sub)
+        else:
+            rows = np.flatnonzero(kept[r0:r0 + nd]) + r0
+            matched[rows], surplus[rows] = solve(sub[rows - r0])
 
     matched_sim = np.full(num_rows, np.nan)
     matched_sim[kept_rows] = vals[row_start[kept_rows] + matched[kept_rows]]

@@ -64,10 +64,8 @@ def solve_mmc4(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n, m = sim.shape
     if n <= m:
-        rows, cols = linear_sum_assignment(-sim)
-        matched = np.empty(n, dtype=np.int64)
-        matched[rows] = cols
-        return matched, np.zeros(n, dtype=bool)
+        _, cols = linear_sum_assignment(-sim)     # every image is placed: rows come back as 0..n-1
+        return cols.astype(np.int64, copy=False), np.zeros(n, dtype=bool)
     padded = np.full((n, n), _PAD_COST)
     padded[:, :m] = -sim
     _, cols = linear_sum_assignment(padded)          # square: rows come back as 0..n-1
