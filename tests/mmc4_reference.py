@@ -34,7 +34,7 @@ def base_solve(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         else:
             pad = [[0, n_cols - n_rows], [0, 0]]
         padded = np.pad(cost, pad, "constant", constant_values=PAD_COST)
-    row_of, col_of = linear_sum_assignment(padded)   # lapjv's ``sol``: a column per row
+    _, col_of = linear_sum_assignment(padded)   # lapjv's ``sol``: a column per row
     i_s = np.arange(len(col_of))
     j_s = col_of[i_s]
     order = np.argsort(-padded[i_s, j_s])             # the script orders pairs by cost; harmless

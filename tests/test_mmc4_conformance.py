@@ -12,6 +12,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from mmc4_reference import reference_assignment
 
 from mmc4_assets.assign.linear import THRESHOLDED_ARGMAX
 from mmc4_assets.assign.resolve import reassign
@@ -24,7 +25,6 @@ from mmc4_assets.publish.mmc4_format import make_document
 from mmc4_assets.publish.subsets import FF, FULL, CoreRules, subset_versions
 from mmc4_assets.quality.rules import assignment_problems, published_assignment_rules
 from mmc4_assets.stats import StepStats
-from mmc4_reference import reference_assignment
 
 # -- the rules on plain data ----------------------------------------------------------------
 

@@ -43,11 +43,12 @@ def test_punkt_splits_like_nltks_punkt_with_the_same_english_parameters():
     nltk_split = nltk_punkt.PunktSentenceTokenizer(params).tokenize
     sample = Path(__file__).parents[1] / "mmc4_assets/sample/data/c4/c4-sample.00000-of-00001.json.gz"
     texts = []
-    for line in gzip.open(sample, "rt"):
-        try:
-            texts.append(json.loads(line)["text"])
-        except (ValueError, KeyError, TypeError):
-            pass
+    with gzip.open(sample, "rt") as lines:
+        for line in lines:
+            try:
+                texts.append(json.loads(line)["text"])
+            except (ValueError, KeyError, TypeError):
+                pass
     paragraphs = [p.strip() for t in TRICKY + texts for p in t.splitlines() if p.strip()]
     assert len(paragraphs) > 100
     for p in paragraphs:
