@@ -4,6 +4,7 @@ import pytest
 
 from mmc4_assets.assign import assign_images
 from mmc4_assets.assign.batch import assign_flat
+from mmc4_assets.assign.linear import RULES, THRESHOLDED_ARGMAX
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_document, assign_frame
 from mmc4_assets.clip.shard import CLIP_SCORES_SCHEMA
 from mmc4_assets.stats import StepStats
@@ -67,10 +68,11 @@ def test_ties_are_resolved_deterministically_and_one_to_one():
     assert sorted(first.matched_text_index.tolist()) == [0, 1, 2]
 
 
-def test_image_whose_only_good_sentence_is_taken_becomes_surplus_not_below_threshold():
-    # both images only clear the threshold on sentence 0; sentence 1 is below it for both
+def test_thresholded_variant_makes_an_image_whose_only_good_sentence_is_taken_surplus():
+    # both images only clear the threshold on sentence 0; sentence 1 is below it for both.
+    # (MMC4's rule pairs image 1 with sentence 1 instead: test_assign_reference.py)
     sim = np.array([[0.4, 0.01], [0.3, 0.02]])
-    a = assign_images(sim, min_sim=0.15)
+    a = assign_images(sim, min_sim=0.15, rule=THRESHOLDED_ARGMAX)
     assert a.kept.all()
     assert (a.matched_sim >= 0.15).all()
     assert a.matched_text_index.tolist() == [0, 0]
@@ -114,8 +116,9 @@ def _assert_same(ref, got, sl):
     np.testing.assert_array_equal(ref.matched_sim, got.matched_sim[sl])  # bitwise, nan == nan
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("seed", range(6))
-def test_batch_solver_matches_assign_images_exactly(seed):
+def test_batch_solver_matches_assign_images_exactly(seed, rule):
     rng = np.random.default_rng(seed)
     for _ in range(300):
         docs = int(rng.integers(1, 16))
@@ -123,10 +126,10 @@ def test_batch_solver_matches_assign_images_exactly(seed):
         m = rng.integers(0, 10, docs)
         mats = [_random_matrix(rng, int(a), int(b)) for a, b in zip(n, m)]
         min_sim = float(rng.choice([0.15, 0.2, 0.1, -1.0, 0.15000001]))
-        got = assign_flat(np.concatenate([a.ravel() for a in mats]), n, m, min_sim)
+        got = assign_flat(np.concatenate([a.ravel() for a in mats]), n, m, min_sim, rule)
         start = 0
         for a, rows in zip(mats, n):
-            _assert_same(assign_images(a, min_sim=min_sim), got, slice(start, start + rows))
+            _assert_same(assign_images(a, min_sim=min_sim, rule=rule), got, slice(start, start + rows))
             start += rows
         assert got.kept_per_doc.tolist() == [int(assign_images(a, min_sim).kept.sum()) for a in mats]
 
@@ -162,14 +165,16 @@ def _clip_scores_frame(rng: np.random.Generator, docs: int) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=CLIP_SCORES_SCHEMA)
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("seed", range(4))
-def test_assign_frame_matches_assign_document_row_by_row(seed):
+def test_assign_frame_matches_assign_document_row_by_row(seed, rule):
     rng = np.random.default_rng(100 + seed)
     frame = _clip_scores_frame(rng, 200)
     for min_sim in (0.15, 0.2, -1.0):
         images = StepStats()
-        want = [r for r in (assign_document(row, min_sim, images) for row in frame.iter_rows(named=True)) if r]
-        got = assign_frame(frame, min_sim)
+        want = [r for r in (assign_document(row, min_sim, images, rule) for row in frame.iter_rows(named=True))
+                if r]
+        got = assign_frame(frame, min_sim, rule)
         assert got.frame.schema == pl.Schema(ASSIGNMENTS_SCHEMA)
         assert got.frame.to_dicts() == pl.DataFrame(want, schema=ASSIGNMENTS_SCHEMA).to_dicts()
         assert (got.images_kept, got.images_dropped) == (images.kept, images.total_dropped)

@@ -57,6 +57,11 @@ def test_all_assets_and_checks_succeed(default_run):
     # every blocking check ran its great-expectations suite too
     blocking = [c for c in checks.values() if c.blocking]
     assert len(blocking) == 6 and all(c.metadata["gx_success"].value for c in blocking)
+    # the published full set carries MMC4's assignment: zero problems of each kind
+    published = checks["published_shards_match_mmc4_schema"].metadata
+    assert published["assignment_rule"].value == "mmc4"
+    assert [k for k in published if k.startswith("violations_assignment_")] and all(
+        published[k].value == 0 for k in published if k.startswith("violations_assignment_"))
     assert all(c.metadata["gx_expectations"].value >= 3 for c in blocking)
 
 
@@ -107,13 +112,17 @@ def test_published_shard_is_mmc4_and_follows_the_similarity_rule(default_run):
     publishable = {line["url"] for line in expected["lines"] if line.get("published")}
     assert {d["url"] for d in docs} <= publishable
     assert sorted(d["url"] for d in docs) == sorted(u for u in survivors if u in publishable)
+    from mmc4_assets.quality.rules import published_assignment_rules
+
+    assert published_assignment_rules([json.dumps(d).encode() for d in docs], 0.15).passed
     for doc in docs:
         assert list(doc) == list(DOC_FIELDS) and schema_errors(doc) == []
         for im in doc["image_info"]:
             assert list(im) == list(IMAGE_FIELDS)
-            assert im["matched_sim"] >= 0.15 and im["face_detections"] is None
-            assert im["image_name"].endswith(".jpg")
             row = doc["similarity_matrix"][doc["image_info"].index(im)]
+            # MMC4: the image's best sentence clears 0.15; the assignment may pair it lower
+            assert max(row) >= 0.15 and im["face_detections"] is None
+            assert im["image_name"].endswith(".jpg")
             assert im["matched_sim"] == pytest.approx(row[im["matched_text_index"]], abs=1e-5)
 
 
@@ -164,8 +173,8 @@ def test_blocking_check_stops_downstream_on_broken_output(tmp_path, monkeypatch)
 
     original = mod.assign_frame
 
-    def broken(batch, min_sim):
-        out = original(batch, min_sim)
+    def broken(batch, min_sim, rule):
+        out = original(batch, min_sim, rule)
         # every image points past the end of its text_list
         frame = out.frame.with_columns(pl.col("image_info").list.eval(pl.element().struct.with_fields(
             pl.field("matched_text_index") + 1000)))
@@ -232,11 +241,13 @@ def test_each_check_rule_fails_on_a_corrupted_copy_of_the_sample_output(default_
                 suites.clip_scores_expectations(t))
     assert o.failures["matrix_shape_not_images_x_sentences"] == wide.height and not s.success
 
-    low = assigned.with_columns(pl.col("image_info").list.eval(pl.element().struct.with_fields(
-        pl.lit(0.01, dtype=pl.Float32).alias("matched_sim"))))
+    low = assigned.with_columns(pl.Series("similarity_matrix", [[[0.01] * len(r) for r in m] for m in
+                                                                assigned["similarity_matrix"].to_list()],
+                                          dtype=assigned.schema["similarity_matrix"]))
     o, s = both(rules.assignments_rules(low, 0.15), "assign_bad", suites.assignments_frame(low),
                 suites.assignments_expectations(t))
-    assert o.failures["matched_sim_below_min"] == low.height and not s.success
+    assert o.failures["best_sim_below_min"] == low.height and not s.success
+    assert o.failures["matched_sim_not_matrix_entry"] == low.height
 
     twice = deduped.with_columns(pl.col("image_info").list.concat(pl.col("image_info")))
     o, s = both(rules.deduped_docs_rules(twice, 5), "dedup_bad", suites.deduped_docs_frame(twice),

@@ -2,6 +2,7 @@ import gzip
 import io
 import json
 
+import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -85,6 +86,29 @@ def test_document_rows_quarantine_every_bad_line():
         "malformed_json", "missing_field", "blank_line", "no_page_record", "no_sentences"]
     assert quarantined[0]["raw"] == "{broken\n" and quarantined[3]["raw"] is None
     assert imgs.dropped["keyword"] == 1 and docs.seen == len(lines)
+
+
+def test_document_rows_quarantine_too_long_documents_before_splitting(monkeypatch):
+    from mmc4_assets.pages import raw_docs
+    from mmc4_assets.pages.archives import PageRecord
+
+    split = raw_docs.split_sentences
+    monkeypatch.setattr(raw_docs, "split_sentences",
+                        lambda text, **kw: split(text, **kw) if len(text) <= 40 else pytest.fail("split a long text"))
+    lines = [json.dumps({"text": t, "timestamp": "t", "url": "https://site.test/post"})
+             for t in ("One. Two.", "A long one. " * 10, "x" * 40)]
+    pages = {"https://site.test/post": PageRecord("https://site.test/post", ("https://cdn.test/a.jpg",), "warc")}
+    docs, quarantined = StepStats(), []
+    rows = list(document_rows(iter_c4_lines(io.BytesIO(gzip.compress("\n".join(lines).encode()))), pages, "s",
+                              UrlFilter(), docs, StepStats(), quarantined.append, max_chars=40))
+    assert [r["line_no"] for r in rows] == [0, 2]          # exactly max_chars passes
+    assert [(q["line_no"], q["reason"]) for q in quarantined] == [(1, "too_long")]
+    assert docs.dropped == {"too_long": 1}
+    monkeypatch.undo()
+    unlimited = list(document_rows(iter_c4_lines(io.BytesIO(gzip.compress(lines[1].encode()))), pages, "s",
+                                   UrlFilter(), StepStats(), StepStats(), [].append, max_chars=None,
+                                   splitter="pysbd"))
+    assert len(unlimited) == 1
 
 
 def test_truncated_gzip_ends_the_shard_without_losing_earlier_lines():

@@ -44,17 +44,19 @@ def test_fetched_images_suite_success_floor_and_sizes(gx_runner):
 
 
 def test_assignments_suite_catches_shared_sentence_and_low_sim(gx_runner):
-    def frame(images):
-        return S.assignments_frame(pl.DataFrame([{"doc_id": "d", "text_list": ["a", "b"], "image_info": images}]))
+    def frame(images, matrix):
+        return S.assignments_frame(pl.DataFrame([{"doc_id": "d", "text_list": ["a", "b"], "image_info": images,
+                                                  "similarity_matrix": matrix}]))
 
+    # MMC4's rule may match a pair below min_similarity (0.1) when the image's best sentence clears it
     ok = frame([{"matched_text_index": 0, "matched_sim": 0.3, "surplus": False},
-                {"matched_text_index": 0, "matched_sim": 0.2, "surplus": True}])
+                {"matched_text_index": 1, "matched_sim": 0.1, "surplus": False}], [[0.3, 0.05], [0.2, 0.1]])
     assert gx_runner.validate("assignments", "ok", ok, S.assignments_expectations(T)).success
     bad = frame([{"matched_text_index": 1, "matched_sim": 0.1, "surplus": False},
-                 {"matched_text_index": 1, "matched_sim": 0.3, "surplus": False}])
+                 {"matched_text_index": 1, "matched_sim": 0.3, "surplus": False}], [[0.12, 0.1], [0.2, 0.3]])
     out = gx_runner.validate("assignments", "bad", bad, S.assignments_expectations(T))
     assert ("expect_column_values_to_be_unique", "sentence_key") in _failed(out)
-    assert ("expect_column_values_to_be_between", "matched_sim") in _failed(out)
+    assert ("expect_column_values_to_be_between", "best_sim") in _failed(out)
 
 
 def test_deduped_docs_suite_threshold_boundary(gx_runner):

@@ -1,4 +1,4 @@
-"""MMC4's assignment for many documents at once, with exactly the answers of ``assign_images``.
+"""The assignment for many documents at once, with exactly the answers of ``assign_images``.
 
 A batch is one flat float array holding every document's images x sentences matrix
 (row-major, one after another) plus the two shapes per document. Row maxima, first
@@ -7,11 +7,12 @@ calls. Then, per document:
 
 * every kept image has a single best sentence and no two kept images share it: the
   argmax IS the unique optimal assignment (any other pairing gives some image a
-  strictly worse sentence), so no solver runs. Single-image documents, MMC4's most
-  common case, always land here unless their row has a tie;
+  strictly worse sentence), so no solver runs. This holds for both rules (a kept row's
+  maximum is >= min_sim, so thresholded_argmax allows it too). Single-image documents,
+  MMC4's most common case, always land here unless their row has a tie;
 * otherwise (two images want the same sentence, a tie, more images than sentences)
-  ``scipy.optimize.linear_sum_assignment`` solves the document on the same float64
-  score matrix ``assign_images`` builds, so ties break the same way.
+  the document's kept rows go, as float64, through the very function ``assign_images``
+  calls (``solve_mmc4`` or ``solve_thresholded_argmax``), so ties break the same way.
 
 Ties go to the solver on purpose: with several optimal pairings, only scipy knows which
 one scipy returns.
@@ -22,9 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from mmc4_assets.assign.linear import _FORBIDDEN_PENALTY
+from mmc4_assets.assign.linear import MMC4, check_rule, solve_mmc4, solve_thresholded_argmax
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ def _segment_starts(lengths: np.ndarray) -> np.ndarray:
 
 
 def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarray,
-                min_sim: float = 0.15) -> BatchAssignment:
+                min_sim: float = 0.15, rule: str = MMC4) -> BatchAssignment:
     """Assign every document of a batch; ``values`` is the concatenation of the row-major matrices."""
+    check_rule(rule)
     n = np.asarray(n_images, dtype=np.int64)
     m = np.asarray(n_sentences, dtype=np.int64)
     # float64 as assign_images: comparing float32 cells with a float64 threshold must not round it
@@ -93,34 +94,17 @@ def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarra
     matched = np.where(kept, first, -1)
     surplus = np.zeros(num_rows, dtype=bool)
     solve_docs = np.flatnonzero(needs_solver)
-    if solve_docs.size:
-        # the same float64 score matrix assign_images builds, for the whole batch at once
-        score = np.where(vals >= min_sim, vals, vals - _FORBIDDEN_PENALTY)
-        solver_rows = np.repeat(needs_solver, n)
-        all_kept = np.bincount(row_doc[kept_rows], minlength=num_docs) == n
-        got_rows, got_cols = [], []
-        for d, c0, r0, nd, md, full in zip(solve_docs.tolist(), doc_cell0[solve_docs].tolist(),
-                                           doc_row0[solve_docs].tolist(), n[solve_docs].tolist(),
-                                           m[solve_docs].tolist(), all_kept[solve_docs].tolist()):
-            sub = score[c0:c0 + nd * md].reshape(nd, md)
-            if full:
-                r, c = linear_sum_assignment(sub, maximize=True)
-                got_rows.append(r + r0)
-            else:  # images below min_sim take no part, as in assign_images
-                rows = np.flatnonzero(kept[r0:r0 + nd])
-                r, c = linear_sum_assignment(sub[rows], maximize=True)
-                got_rows.append(rows[r] + r0)
-            got_cols.append(c)
-        # per solved document, as assign_images: a pair on a cell below min_sim is no match, and
-        # kept images left without a match are surplus, placed on their first argmax sentence
-        r = np.concatenate(got_rows)
-        c = np.concatenate(got_cols).astype(np.int64)
-        matched[solver_rows] = -1
-        ok = vals[row_start[r] + c] >= min_sim
-        matched[r[ok]] = c[ok]
-        leftover = solver_rows & kept & (matched < 0)
-        matched[leftover] = first[leftover]
-        surplus[leftover] = True
+    all_kept = (np.bincount(row_doc[kept_rows], minlength=num_docs) == n)[solve_docs]
+    solve = solve_mmc4 if rule == MMC4 else (lambda sub: solve_thresholded_argmax(sub, min_sim))
+    for c0, r0, nd, md, full in zip(doc_cell0[solve_docs].tolist(), doc_row0[solve_docs].tolist(),
+                                    n[solve_docs].tolist(), m[solve_docs].tolist(), all_kept.tolist()):
+        # the same float64 kept rows assign_images solves: images below min_sim take no part
+        sub = vals[c0:c0 + nd * md].reshape(nd, md)
+        if full:
+            matched[r0:r0 + nd], surplus[r0:r0 + nd] = solve(sub)
+        else:
+            rows = np.flatnonzero(kept[r0:r0 + nd]) + r0
+            matched[rows], surplus[rows] = solve(sub[rows - r0])
 
     matched_sim = np.full(num_rows, np.nan)
     matched_sim[kept_rows] = vals[row_start[kept_rows] + matched[kept_rows]]

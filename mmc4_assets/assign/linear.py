@@ -1,12 +1,28 @@
-"""Place each image next to a sentence, MMC4's way.
+"""Place each image next to a sentence.
 
-1. Drop images whose best sentence similarity is below ``min_sim`` (0.15 in MMC4).
-2. Solve a bipartite linear assignment maximising total similarity, each sentence
-   getting at most one image (``scipy.optimize.linear_sum_assignment`` solves the
-   rectangular problem directly; MMC4's script padded the matrix for LAPJV).
-3. Surplus images -- more images than sentences, or images whose only sentences above
-   ``min_sim`` were taken -- go to their argmax sentence, so several images may share
-   one. A kept image therefore always has ``matched_sim >= min_sim``.
+``rule="mmc4"`` (the default) is MMC4's ``scripts/compute_assignments.py`` (allenai/mmc4),
+with ``scipy.optimize.linear_sum_assignment`` in place of its LAPJV solver:
+
+1. Drop images whose best sentence similarity is below ``min_sim`` (0.15 in MMC4: the
+   filter that ran before the script, so it only ever saw kept images).
+2. Solve the plain linear assignment over the kept images' whole matrix, maximising the
+   total similarity, each sentence at most one image. Nothing is forbidden: a pair below
+   ``min_sim`` is chosen when that maximises the total, so ``matched_sim`` may be < ``min_sim``.
+3. Only when kept images outnumber sentences, the images the solver left over go to their
+   (first) argmax sentence, so several images may share one (``surplus``).
+
+MMC4 padded the matrix to a square with a constant cost and solved that. When images do
+not outnumber sentences the padding rows come last and change nothing (scipy's solver
+takes a free column on a tie), so the rectangular matrix is solved directly; with more
+images than sentences the padded square is solved, because which images end up left
+over on a tie depends on it. Either way the answers equal the transcription's, ties
+included (tests/mmc4_reference.py, tests/test_assign_reference.py).
+
+``rule="thresholded_argmax"`` is this project's earlier rule, kept as a named option:
+cells below ``min_sim`` are forbidden in the assignment, and every kept image the solver
+could not place on such a cell goes to its argmax sentence. A kept image then always has
+``matched_sim >= min_sim``, but the total is not the optimum and sentences can be shared
+while sentences outnumber images.
 """
 
 from __future__ import annotations
@@ -16,7 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-# Cells below min_sim must lose to any feasible cell: the penalty exceeds n * (max - min sim).
+MMC4 = "mmc4"
+THRESHOLDED_ARGMAX = "thresholded_argmax"
+RULES = (MMC4, THRESHOLDED_ARGMAX)
+
+# MMC4's padding cost (linear_assignment.base_solve's max_dummy_cost_value): a dummy cell
+# costs more than any similarity, so padding never displaces a real pair.
+_PAD_COST = 1000.0
+# thresholded_argmax: cells below min_sim must lose to any feasible cell (penalty > n * (max - min sim))
 _FORBIDDEN_PENALTY = 1e3
 
 
@@ -28,7 +51,44 @@ class Assignment:
     surplus: np.ndarray             # bool per image: placed by argmax, may share a sentence
 
 
-def assign_images(similarity_matrix: np.ndarray, min_sim: float = 0.15) -> Assignment:
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ValueError(f"unknown assignment rule {rule!r}; choose from {RULES}")
+    return rule
+
+
+def solve_mmc4(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MMC4's assignment of a kept images x sentences matrix (float64, at least one sentence).
+
+    Returns (matched sentence per image, surplus per image).
+    """
+    n, m = sim.shape
+    if n <= m:
+        _, cols = linear_sum_assignment(-sim)     # every image is placed: rows come back as 0..n-1
+        return cols.astype(np.int64, copy=False), np.zeros(n, dtype=bool)
+    padded = np.full((n, n), _PAD_COST)
+    padded[:, :m] = -sim
+    _, cols = linear_sum_assignment(padded)          # square: rows come back as 0..n-1
+    surplus = cols >= m                              # on a padding column: left over
+    matched = np.where(surplus, sim.argmax(axis=1), cols).astype(np.int64)
+    return matched, surplus
+
+
+def solve_thresholded_argmax(sim: np.ndarray, min_sim: float) -> tuple[np.ndarray, np.ndarray]:
+    """The named variant: pairs below min_sim forbidden, the unplaced go to their argmax."""
+    feasible = sim >= min_sim
+    score = np.where(feasible, sim, sim - _FORBIDDEN_PENALTY)
+    r, c = linear_sum_assignment(score, maximize=True)
+    matched = np.full(sim.shape[0], -1, dtype=np.int64)
+    ok = feasible[r, c]
+    matched[r[ok]] = c[ok]
+    surplus = matched < 0
+    matched[surplus] = sim[surplus].argmax(axis=1)
+    return matched, surplus
+
+
+def assign_images(similarity_matrix: np.ndarray, min_sim: float = 0.15, rule: str = MMC4) -> Assignment:
+    check_rule(rule)
     sim = np.asarray(similarity_matrix, dtype=np.float64)
     if sim.ndim != 2:
         raise ValueError(f"similarity_matrix must be 2-D, got shape {sim.shape}")
@@ -43,14 +103,9 @@ def assign_images(similarity_matrix: np.ndarray, min_sim: float = 0.15) -> Assig
     kept = sim.max(axis=1) >= min_sim
     rows = np.flatnonzero(kept)
     if rows.size:
-        sub = sim[rows]
-        feasible = sub >= min_sim
-        score = np.where(feasible, sub, sub - _FORBIDDEN_PENALTY)
-        r, c = linear_sum_assignment(score, maximize=True)
-        ok = feasible[r, c]
-        matched[rows[r[ok]]] = c[ok]
-        leftover = rows[matched[rows] < 0]
-        matched[leftover] = sim[leftover].argmax(axis=1)
-        surplus[leftover] = True
+        if rule == MMC4:
+            matched[rows], surplus[rows] = solve_mmc4(sim[rows])
+        else:
+            matched[rows], surplus[rows] = solve_thresholded_argmax(sim[rows], min_sim)
     matched_sim = np.where(kept, sim[np.arange(n_images), np.maximum(matched, 0)], np.nan)
     return Assignment(kept, matched, matched_sim, surplus)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmc4_assets.assign.batch import assign_flat
-from mmc4_assets.assign.linear import assign_images
+from mmc4_assets.assign.linear import MMC4, assign_images, check_rule
 from mmc4_assets.stats import StepStats
 
 ASSIGNED_IMAGE = pl.Struct({"image_index": pl.Int32, "image_name": pl.String, "raw_url": pl.String,
@@ -27,6 +27,9 @@ ASSIGNMENTS_SCHEMA = {
     "doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String),
     "image_info": pl.List(ASSIGNED_IMAGE), "similarity_matrix": pl.List(pl.List(pl.Float32)),
     "num_candidates": pl.Int32,
+    # the rule and threshold that placed the images, carried with them so that a later step
+    # dropping images re-solves the same way (assign/resolve.py) and the publish check knows them
+    "assignment": pl.String, "min_similarity": pl.Float64,
 }
 _IMAGE_FIELDS = ("image_index", "image_name", "raw_url", "phash")
 
@@ -50,8 +53,9 @@ def _not_a_matrix(table: pa.Table, doc: int) -> None:
     raise ValueError(f"similarity_matrix of {table.column('doc_id')[doc]} is not images x sentences")
 
 
-def assign_frame(frame: pl.DataFrame, min_sim: float) -> AssignedBatch:
+def assign_frame(frame: pl.DataFrame, min_sim: float, rule: str = MMC4) -> AssignedBatch:
     """Assign every document of a clip_scores batch; documents left without an image are omitted."""
+    check_rule(rule)
     if frame.height == 0:
         return AssignedBatch(pl.DataFrame(schema=ASSIGNMENTS_SCHEMA), 0, 0, 0, 0.0, 0)
     table = frame.select("doc_id", "url", "text_list", "images", "similarity_matrix").to_arrow()
@@ -67,7 +71,7 @@ def assign_frame(frame: pl.DataFrame, min_sim: float) -> AssignedBatch:
     if bad_rows.size:
         _not_a_matrix(table, int(np.repeat(np.arange(n.size), n)[bad_rows[0]]))
     values = pc.list_flatten(rows).to_numpy(zero_copy_only=False)
-    result = assign_flat(values, n, m, min_sim)
+    result = assign_flat(values, n, m, min_sim, rule)
 
     kept = pa.array(result.kept)
     flat_images = pc.list_flatten(images).flatten()        # the struct's fields, offsets applied
@@ -90,7 +94,8 @@ def assign_frame(frame: pl.DataFrame, min_sim: float) -> AssignedBatch:
     out = (docs if doc_kept.all() else docs.filter(pl.Series(doc_kept))).with_columns(
         pl.Series("image_info", pa.LargeListArray.from_arrays(offsets, image_info)),
         pl.Series("similarity_matrix", pa.LargeListArray.from_arrays(offsets, rows)),
-        pl.Series("num_candidates", n[doc_kept].astype(np.int32)))
+        pl.Series("num_candidates", n[doc_kept].astype(np.int32)),
+        pl.lit(rule).alias("assignment"), pl.lit(float(min_sim)).alias("min_similarity"))
     kept_n = int(result.kept.sum())
     return AssignedBatch(
         frame=out.cast(ASSIGNMENTS_SCHEMA),
@@ -98,11 +103,11 @@ def assign_frame(frame: pl.DataFrame, min_sim: float) -> AssignedBatch:
         matched_sim_sum=float(result.matched_sim[result.kept].sum()), docs_solved=result.docs_solved)
 
 
-def assign_document(row: dict, min_sim: float, image_stats: StepStats) -> dict | None:
+def assign_document(row: dict, min_sim: float, image_stats: StepStats, rule: str = MMC4) -> dict | None:
     """The document with only its kept images (rows of the matrix kept in step), or None."""
     matrix = np.asarray(row["similarity_matrix"], dtype=np.float32).reshape(
         len(row["images"]), len(row["text_list"]))
-    result = assign_images(matrix, min_sim=min_sim)
+    result = assign_images(matrix, min_sim=min_sim, rule=rule)
     image_info = []
     for i, im in enumerate(row["images"]):
         if not result.kept[i]:
@@ -116,4 +121,4 @@ def assign_document(row: dict, min_sim: float, image_stats: StepStats) -> dict |
         return None
     return {"doc_id": row["doc_id"], "url": row["url"], "text_list": row["text_list"],
             "image_info": image_info, "similarity_matrix": matrix[result.kept].tolist(),
-            "num_candidates": len(row["images"])}
+            "num_candidates": len(row["images"]), "assignment": rule, "min_similarity": float(min_sim)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from mmc4_assets.assign.resolve import keep_and_reassign
 from mmc4_assets.assign.shard import ASSIGNED_IMAGE
 from mmc4_assets.dedup.phash import dedup_in_document
 from mmc4_assets.stats import StepStats
@@ -12,6 +13,7 @@ DEDUPED_SCHEMA = {
     "doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String),
     "image_info": pl.List(ASSIGNED_IMAGE), "similarity_matrix": pl.List(pl.List(pl.Float32)),
     "could_have_url_duplicate": pl.Int8,
+    "assignment": pl.String, "min_similarity": pl.Float64,   # as assignments: how images were placed
 }
 
 
@@ -19,8 +21,9 @@ def dedup_document(row: dict, url_flags: dict[str, int], threshold: int,
                    image_stats: StepStats) -> dict | None:
     """Drop later in-document near-duplicates; None when no image is left.
 
-    Kept images keep their sentence: re-solving the assignment after removing a copy
-    could move other images, and MMC4 readers expect a stable placement.
+    A document that loses a copy is assigned again over the images it keeps, with its own
+    rule (assign/resolve.py): MMC4 deduplicated before assigning, so its assignment is the
+    one over exactly these images.
     """
     images = row["image_info"]
     dup_of = dedup_in_document([im["phash"] for im in images], threshold)
@@ -29,7 +32,8 @@ def dedup_document(row: dict, url_flags: dict[str, int], threshold: int,
     image_stats.drop("phash_duplicate", len(images) - len(keep))
     if not keep:
         return None
+    doc = keep_and_reassign(row, keep)
     return {"doc_id": row["doc_id"], "url": row["url"], "text_list": row["text_list"],
-            "image_info": [images[i] for i in keep],
-            "similarity_matrix": [row["similarity_matrix"][i] for i in keep],
-            "could_have_url_duplicate": url_flags.get(row["url"], 0)}
+            "image_info": doc["image_info"], "similarity_matrix": doc["similarity_matrix"],
+            "could_have_url_duplicate": url_flags.get(row["url"], 0),
+            "assignment": row.get("assignment"), "min_similarity": row.get("min_similarity")}

@@ -1,3 +1,5 @@
+from typing import Literal
+
 import dagster as dg
 
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_frame
@@ -13,6 +15,10 @@ from mmc4_assets.stats import StepStats
 
 class AssignmentsConfig(dg.Config):
     min_similarity: float = 0.15  # MMC4: drop images whose best sentence is below this
+    # "mmc4": MMC4's compute_assignments.py (linear assignment over the kept images' whole
+    # matrix, argmax only for images beyond the sentences); "thresholded_argmax": this
+    # project's earlier variant (pairs below min_similarity forbidden). See docs/mmc4-rules.md.
+    assignment: Literal["mmc4", "thresholded_argmax"] = "mmc4"
     docs_per_batch: int = 2000
 
 
@@ -26,7 +32,7 @@ def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
     sim_sum, solved = 0.0, 0  # running totals: nothing of the shard is kept but the current batch
     with store.table_writer("assignments", shard, ASSIGNMENTS_SCHEMA) as out, docs.timer("assign"):
         for batch in store.iter_batches("clip_scores", shard, batch_size=config.docs_per_batch):
-            assigned = assign_frame(batch, config.min_similarity)
+            assigned = assign_frame(batch, config.min_similarity, config.assignment)
             docs.keep(assigned.frame.height)
             images.keep(assigned.images_kept)
             if assigned.docs_in > assigned.frame.height:
@@ -43,6 +49,7 @@ def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
         **stats_metadata(docs, "docs", "documents"),
         **stats_metadata(images, "images", "images"),
         "min_similarity": config.min_similarity,
+        "assignment": config.assignment,
         "config_hash": config_hash(config),
         "path": dg.MetadataValue.path(store.uri("tables", "assignments", f"{shard}.parquet")),
     })
@@ -51,7 +58,7 @@ def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
 @dg.asset_check(asset=assignments, blocking=True)
 def assignments_within_text_list(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                  quality: DataQuality) -> dg.AssetCheckResult:
-    """matched_text_index inside text_list, kept matched_sim >= min_similarity, one image per sentence but surplus."""
+    """matched_text_index inside text_list, every kept image's best sentence >= min_similarity, one image per sentence but surplus."""
     shard = context.partition_key
     min_sim = latest_metadata(context, "assignments").get("min_similarity", 0.15)
     assigned = storage.store().read_table("assignments", shard)

@@ -25,6 +25,7 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
     """Documents with in-document perceptual duplicates removed and could_have_url_duplicate set."""
     shard, store = context.partition_key, storage.store()
     docs, images = StepStats(), StepStats()
+    reassigned = 0  # documents that lost a copy and were assigned again over the rest
     # URL duplicates are judged over every document of the shard, not only the survivors.
     # The corpus-wide rules (URL flags across shards, images in > 10 documents, near-duplicate
     # texts, NSFW) need every shard: corpus_image_counts / corpus_doc_index gather them and
@@ -38,6 +39,7 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
                     docs.drop("no_image_after_dedup")
                     continue
                 docs.keep()
+                reassigned += len(deduped["image_info"]) < len(row["image_info"])
                 out.append(deduped)
     flagged = sum(url_flags.values())
     return dg.MaterializeResult(metadata={
@@ -45,6 +47,7 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
         "num_images": images.kept,
         "images_per_doc": round(images.kept / docs.kept, 3) if docs.kept else 0.0,
         "urls_with_duplicates": flagged,
+        "docs_reassigned": reassigned,
         **stats_metadata(docs, "docs", "documents"),
         **stats_metadata(images, "images", "images"),
         "phash_threshold": config.phash_threshold,

@@ -25,7 +25,9 @@ from mmc4_assets.publish.subsets import (CORE, CORE_FF, FF, FULL, NEEDS_FACES, S
 from mmc4_assets.quality import suites
 from mmc4_assets.quality.funnel import STAGES as FUNNEL_STAGES
 from mmc4_assets.quality.funnel import funnel_rows
-from mmc4_assets.quality.rules import Outcome, published_rules
+from mmc4_assets.assign.linear import MMC4
+from mmc4_assets.assign.resolve import DEFAULT_MIN_SIM
+from mmc4_assets.quality.rules import Outcome, published_assignment_rules, published_rules
 from mmc4_assets.stats import StepStats
 
 
@@ -249,10 +251,21 @@ def _retract(store, shard: str, config: PublishConfig, subsets: list[str]) -> No
                 path.unlink()
 
 
+def _assignment_settings(store, shard: str) -> tuple[str, float]:
+    """The rule and threshold the shard's images were placed with (carried in deduped_docs)."""
+    columns = store.scan("deduped_docs", shard).collect_schema().names()
+    if "assignment" not in columns:
+        return MMC4, DEFAULT_MIN_SIM
+    used = store.read_table("deduped_docs", shard, ["assignment", "min_similarity"]).unique().drop_nulls()
+    if used.height > 1:
+        raise ValueError(f"deduped_docs of {shard} mixes assignment settings: {used.rows()}")
+    return (used["assignment"][0], float(used["min_similarity"][0])) if used.height else (MMC4, DEFAULT_MIN_SIM)
+
+
 @dg.asset_check(asset=published_shards, blocking=True)
 def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                        quality: DataQuality) -> dg.AssetCheckResult:
-    """Every line of the shard and its subsets parses and matches the MMC4 schema; counts reconcile with deduped_docs; checksums = manifests."""
+    """Every line of the shard and its subsets parses and matches the MMC4 schema; counts reconcile with deduped_docs; checksums = manifests; the full set's assignment is MMC4's (matched_sim = matrix entry, optimal total, surplus rule, best sentence >= min_sim)."""
     store, shard = storage.store(), context.partition_key
     md = latest_metadata(context, "published_shards")
     files = md.get("subset_files") or {FULL: f"published/{md.get('shard_file', '')}"}
@@ -269,6 +282,13 @@ def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext, s
             full_docs = len(lines)
             full_suite_inputs = (lines, manifest.get("sha256") == file_sha256(store, zip_name, tuple(folder)),
                                  expected)
+            # MMC4's assignment over exactly the published images (subsets keep the full set's)
+            rule, min_sim = _assignment_settings(store, shard)
+            assigned = published_assignment_rules(lines, min_sim, rule)
+            for name, n in assigned.failures.items():
+                combined.rule(name, n)
+            combined.examples += assigned.examples[:2]
+            combined.stats.update(assignment_rule=rule, min_similarity=min_sim)
         else:
             expected = md.get(f"num_docs{_slug(subset)}", -1)
         outcome = published_rules(lines, manifest, file_sha256(store, zip_name, tuple(folder)), expected)

@@ -1,4 +1,5 @@
 import time
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -9,7 +10,7 @@ from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
 from mmc4_assets.pages.archives import PageRecord, build_page_index, normalize_url
 from mmc4_assets.pages.cc_index import CommonCrawlPages, Lookup
-from mmc4_assets.pages.raw_docs import document_rows, iter_c4_lines
+from mmc4_assets.pages.raw_docs import MAX_DOC_CHARS, document_rows, iter_c4_lines
 from mmc4_assets.quality.rules import raw_c4_rules
 from mmc4_assets.quality import suites
 from mmc4_assets.stats import StepStats
@@ -33,6 +34,9 @@ CC_PAGES_SCHEMA = {
 class RawC4Config(dg.Config):
     extensions: list[str] = list(MMC4_EXTENSIONS)
     blocked_keywords: list[str] = list(MMC4_BLOCKED_KEYWORDS)
+    # longer documents are quarantined as too_long (docs/mmc4-rules.md); None: no cap
+    max_doc_chars: int | None = MAX_DOC_CHARS
+    sentence_splitter: Literal["punkt", "pysbd"] = "punkt"   # punkt: MMC4's; pysbd: the earlier one
 
 
 @dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
@@ -62,7 +66,8 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
     with store.table_writer("raw_c4_quarantine", shard, QUARANTINE_SCHEMA) as quarantine, \
             store.table_writer("raw_c4", shard, RAW_C4_SCHEMA) as out, source.open(str(path)) as fh:
         for row in document_rows(iter_c4_lines(fh), pages, shard, url_filter, doc_stats,
-                                 image_stats, quarantine.append):
+                                 image_stats, quarantine.append, max_chars=config.max_doc_chars,
+                                 splitter=config.sentence_splitter):
             out.append(row)
     doc_stats.timings["parse"] = time.perf_counter() - started
 

@@ -11,10 +11,13 @@ from typing import BinaryIO
 
 from mmc4_assets.pages.archives import PageRecord, normalize_url
 from mmc4_assets.stats import StepStats
-from mmc4_assets.text.sentences import split_sentences
+from mmc4_assets.text.sentences import Splitter, split_sentences
 from mmc4_assets.text.url_filter import UrlFilter
 
 C4_FIELDS = ("text", "timestamp", "url")
+# C4 documents average ~2.3 KB (156B tokens over 365M documents) and are mostly < 100 KB; longer
+# ones are rare outliers whose sentence split and similarity matrix would dominate a shard
+MAX_DOC_CHARS = 200_000
 _KEEP_RAW = {"malformed_json", "missing_field"}
 
 
@@ -51,17 +54,24 @@ def _parse_line(line_no: int, raw: bytes) -> C4Line:
 
 def document_rows(lines: Iterator[C4Line], pages: dict[str, PageRecord], shard: str,
                   url_filter: UrlFilter, doc_stats: StepStats, image_stats: StepStats,
-                  quarantine: Callable[[dict], None]) -> Iterator[dict]:
-    """raw_c4 rows; every line that is not one goes to ``quarantine`` with its reason."""
+                  quarantine: Callable[[dict], None], *, max_chars: int | None = MAX_DOC_CHARS,
+                  splitter: Splitter = "punkt") -> Iterator[dict]:
+    """raw_c4 rows; every line that is not one goes to ``quarantine`` with its reason.
+
+    A text longer than ``max_chars`` characters is quarantined as ``too_long`` before it is
+    split, so no document can stall the shard.
+    """
     for line in lines:
         reason = line.error
         doc = line.doc
         sentences: list[str] = []
         images: list[str] = []
         page = None
+        if reason is None and max_chars is not None and len(doc["text"]) > max_chars:
+            reason = "too_long"
         if reason is None:
             page = pages.get(normalize_url(doc["url"]))
-            sentences = split_sentences(doc["text"])
+            sentences = split_sentences(doc["text"], splitter=splitter)
             if not sentences:
                 reason = "no_sentences"
             elif page is None:

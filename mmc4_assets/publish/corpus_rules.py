@@ -9,7 +9,9 @@ Per document, in order:
 3. per image: dropped when its pHash is in more than ``limit`` documents corpus-wide
    (``frequent_image``) or the NSFW classifier flags it (``nsfw``); the face classifier's
    verdict is recorded in ``face_detections`` (below);
-4. a document left without images is dropped (``no_image_after_corpus_rules``).
+4. a document left without images is dropped (``no_image_after_corpus_rules``); one that
+   lost some is assigned again over the images it keeps (assign/resolve.py), so the full
+   set's assignment is MMC4's for exactly its published images.
 
 ``face_detections`` stays null unless a face classifier ran; then it is
 ``{"p_face": <probability, 4 decimals>, "has_face": <p_face > face_threshold>}``.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmc4_assets.assign.resolve import keep_and_reassign
 from mmc4_assets.dedup.keys import url_key
 from mmc4_assets.stats import StepStats
 
@@ -96,5 +99,4 @@ def apply_corpus_rules(row: dict, rules: ShardRules, docs: StepStats, images: St
         return None
     docs.keep()
     flag = int(bool(row["could_have_url_duplicate"]) or key in rules.duplicated_urls)
-    return {**row, "image_info": info, "similarity_matrix": [row["similarity_matrix"][i] for i in keep],
-            "could_have_url_duplicate": flag}
+    return {**keep_and_reassign(row, keep, info), "could_have_url_duplicate": flag}

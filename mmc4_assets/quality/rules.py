@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.optimize import linear_sum_assignment
 
 from mmc4_assets.dedup.phash import dedup_in_document
 from mmc4_assets.publish.mmc4_format import schema_errors
@@ -108,29 +109,118 @@ def clip_scores_rules(scores: pl.DataFrame, features: pl.DataFrame) -> Outcome:
 
 def assignments_rules(assigned: pl.DataFrame, min_sim: float) -> Outcome:
     out = Outcome(stats={"docs": assigned.height})
-    bad_index = below = shared = shape_bad = 0
+    bad_index = below = shared = shape_bad = not_entry = 0
     example = None
     for row in assigned.select("doc_id", "text_list", "image_info", "similarity_matrix").iter_rows(named=True):
         n_sent = len(row["text_list"])
         idx = [im["matched_text_index"] for im in row["image_info"]]
+        if len(row["similarity_matrix"]) != len(row["image_info"]):
+            shape_bad += 1
+            continue
         if any(i is None or not 0 <= i < n_sent for i in idx):
             bad_index += 1
             example = example or row["doc_id"]
-        if any(im["matched_sim"] < min_sim - 1e-6 for im in row["image_info"]):
+            continue
+        # a kept image's best sentence clears the threshold (its matched one need not, in MMC4's rule)
+        if any(max(r) < min_sim - 1e-6 for r in row["similarity_matrix"]):
             below += 1
+            example = example or row["doc_id"]
+        if any(abs(im["matched_sim"] - r[im["matched_text_index"]]) > 1e-6
+               for im, r in zip(row["image_info"], row["similarity_matrix"])):
+            not_entry += 1
             example = example or row["doc_id"]
         # a sentence may hold several images only through the surplus rule
         non_surplus = [im["matched_text_index"] for im in row["image_info"] if not im["surplus"]]
         if len(non_surplus) != len(set(non_surplus)):
             shared += 1
             example = example or row["doc_id"]
-        if len(row["similarity_matrix"]) != len(row["image_info"]):
-            shape_bad += 1
     out.rule("matched_text_index_outside_text_list", bad_index, example)
-    out.rule("matched_sim_below_min", below, example)
+    out.rule("best_sim_below_min", below, example)
+    out.rule("matched_sim_not_matrix_entry", not_entry, example)
     out.rule("sentence_shared_outside_surplus_rule", shared, example)
     out.rule("matrix_rows_not_images", shape_bad)
     out.rule("doc_without_images", assigned.filter(pl.col("image_info").list.len() == 0).height)
+    return out
+
+
+# -- MMC4's assignment, checked on a published document ------------------------------------
+
+ASSIGNMENT_PROBLEMS = ("matched_sim_not_matrix_entry", "total_not_optimal", "surplus_rule_broken",
+                       "best_sim_below_min")
+
+
+def assignment_problems(matrix: Any, matched_text_index: list[int], matched_sim: list[float],
+                        min_sim: float, rule: str = "mmc4", atol: float = 1e-6) -> list[str]:
+    """What in one document's assignment differs from MMC4's rule (empty: it conforms).
+
+    ``matrix`` is the images x sentences similarity matrix as published. The checks:
+    * ``matched_sim_not_matrix_entry``: matched_sim is the matrix entry it points at;
+    * ``total_not_optimal``: the one-to-one part totals the linear-assignment optimum
+      within ``atol`` per placed image (the published matrix is rounded, 6 decimals by
+      default, so two optimal pairings may differ by that much after rounding);
+    * ``surplus_rule_broken``: with images <= sentences no sentence holds two images; with
+      more images, every sentence holds one and the images beyond one sit on their best
+      sentence (the surplus);
+    * ``best_sim_below_min``: every image's best sentence is >= min_sim.
+    For ``rule="thresholded_argmax"`` (the named variant) the optimum and the surplus rule do
+    not hold by design; instead every matched_sim must be >= min_sim.
+    """
+    sim = np.asarray(matrix, dtype=np.float64)
+    idx = np.asarray(matched_text_index, dtype=np.int64)
+    n, m = sim.shape if sim.ndim == 2 else (0, 0)
+    if n == 0 or m == 0 or idx.shape != (n,) or (idx < 0).any() or (idx >= m).any():
+        return []  # shape and index errors are the schema rules' findings
+    problems = []
+    picked = sim[np.arange(n), idx]
+    if np.abs(picked - np.asarray(matched_sim, dtype=np.float64)).max() > 1e-9:
+        problems.append("matched_sim_not_matrix_entry")
+    row_max = sim.max(axis=1)
+    if (row_max < min_sim - 1e-9).any():
+        problems.append("best_sim_below_min")
+    if rule != "mmc4":
+        if (picked < min_sim - 1e-9).any():
+            problems.append("matched_sim_below_min")
+        return problems
+    if n <= m:
+        total, surplus_ok = picked.sum(), np.unique(idx).size == n
+    else:
+        # per sentence: one image placed by the solver, the others on their own best sentence.
+        # When several could be the solver's, the largest is (any one-to-one total <= optimum).
+        on_best = picked >= row_max - 1e-9
+        total, surplus_ok = 0.0, np.unique(idx).size == m
+        for j in range(m):
+            here = np.flatnonzero(idx == j)
+            off_best = here[~on_best[here]]
+            if off_best.size > 1:
+                surplus_ok = False
+            if here.size:
+                total += picked[off_best[0]] if off_best.size == 1 else picked[here].max()
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    if abs(total - sim[rows, cols].sum()) > atol * min(n, m):
+        problems.append("total_not_optimal")
+    if not surplus_ok:
+        problems.append("surplus_rule_broken")
+    return problems
+
+
+def published_assignment_rules(lines: list[bytes], min_sim: float, rule: str = "mmc4") -> Outcome:
+    """Every document of a published full-set shard carries MMC4's assignment (assignment_problems)."""
+    out = Outcome(stats={"assignment_rule": rule, "min_similarity": min_sim})
+    counts = dict.fromkeys(ASSIGNMENT_PROBLEMS + (("matched_sim_below_min",) if rule != "mmc4" else ()), 0)
+    examples: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        try:
+            doc = json.loads(line)
+            images = doc["image_info"]
+            found = assignment_problems(doc["similarity_matrix"], [im["matched_text_index"] for im in images],
+                                        [im["matched_sim"] for im in images], min_sim, rule)
+        except (ValueError, KeyError, TypeError):
+            continue  # unparsable or malformed lines are published_rules' findings
+        for p in found:
+            counts[p] += 1
+            examples.setdefault(p, f"line {i}: {doc.get('url')}")
+    for p, n in counts.items():
+        out.rule(f"assignment_{p}", n, examples.get(p))
     return out
 
 
