@@ -86,12 +86,16 @@ def run_launch(tmp: Path, executor: str | None, timeout: float) -> dict[str, flo
         time.sleep(1.0)
     wall = time.perf_counter() - started
     record = runs[0]
+    if record.dagster_run.status != dg.DagsterRunStatus.SUCCESS:
+        for event in instance.all_logs(record.dagster_run.run_id):
+            if event.is_dagster_event and event.dagster_event.event_type_value in ("RUN_FAILURE", "STEP_FAILURE", "ENGINE_EVENT"):
+                print(event.message[:400], file=sys.stderr)
     steps = {e.step_key for e in instance.all_logs(record.dagster_run.run_id,
                                                   of_type=dg.DagsterEventType.STEP_START)}
     return {"launch_status": record.dagster_run.status.value,
             "launch_executor": executor or "profile default",
             "launch_command_s": round(launched, 1),
-            "launch_run_s": round(record.end_time - record.start_time, 1),
+            "launch_run_s": round(record.end_time - record.start_time, 1) if record.start_time else None,
             "launch_wall_s": round(wall, 1),
             "launch_steps": len(steps)}
 
