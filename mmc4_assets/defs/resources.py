@@ -324,5 +324,9 @@ def resources() -> dg.Definitions:
     # A run launched from the UI runs in one process here: a subprocess per step (the default
     # multiprocess executor) costs 10-30 s of imports per step on a small machine, longer than
     # the sample's whole work (docs/performance.md, "Runs launched from the UI").
-    return dg.Definitions(resources=sample_resources(default_storage_root(), s3=s3_resource_from_env()),
-                          executor=executor_from_env("in_process"))
+    # MMC4_SHARDS_ROOT / MMC4_PAGE_ARCHIVES add shards to the sample profile (its image server,
+    # tiny CLIP and loopback fetching stay): more shards than the bundled one, same settings.
+    return dg.Definitions(resources=sample_resources(
+        default_storage_root(), shards_root=os.environ.get("MMC4_SHARDS_ROOT") or None,
+        page_archives=_env_list("MMC4_PAGE_ARCHIVES") or None, s3=s3_resource_from_env()),
+        executor=executor_from_env("in_process"))
