@@ -1,5 +1,7 @@
 """What a Dagster UI user relies on: the executor per profile, check results per shard, descriptions."""
 
+import re
+
 import dagster as dg
 import pytest
 
@@ -87,3 +89,31 @@ def test_sample_profile_reads_shards_from_a_source_root(monkeypatch, tmp_path):
     source = defs().resources["source"]
     assert source.shards_root == str(tmp_path)
     assert source.page_archives  # still the sample's archives
+
+
+def test_random_weights_are_logged_once_per_process_not_on_the_root_logger(caplog, monkeypatch):
+    import logging
+
+    from mmc4_assets.clip import encoder as mod
+
+    monkeypatch.setattr(mod, "_random_models_logged", set())
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            mod.ClipEncoder(mod.ClipSpec(model_name="mmc4-tiny-random", pretrained=None))
+    notices = [r for r in caplog.records if "randomly" in r.getMessage() or "RANDOM weights" in r.getMessage()]
+    assert [(r.name, r.levelname) for r in notices] == [("mmc4_assets.clip.encoder", "WARNING")]
+
+
+def test_api_docs_page_loads_swagger_from_the_app_itself(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from mmc4_assets.api.app import Settings, create_app
+
+    (tmp_path / "tokens.json").write_text("{}")
+    app = create_app(Settings(storage_root=str(tmp_path), tokens_file=str(tmp_path / "tokens.json"),
+                              cache_dir=str(tmp_path / "cache")))
+    client = TestClient(app)
+    html = client.get("/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    assert all(client.get(a).status_code == 200 for a in assets)
