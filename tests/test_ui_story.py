@@ -117,3 +117,17 @@ def test_api_docs_page_loads_swagger_from_the_app_itself(tmp_path):
     assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
     assert assets and all(a.startswith("/") for a in assets), assets
     assert all(client.get(a).status_code == 200 for a in assets)
+
+
+def test_groups_tell_the_checks_story():
+    """mmc4 holds the six stages, each guarded by a blocking check; side assets sit in their own group."""
+    graph = defs().resolve_asset_graph()
+    stages = {"raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards"}
+    in_group = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name == "mmc4"}
+    assert in_group == stages
+    for stage in stages:
+        checks = [graph.get_check_spec(c) for c in graph.get_check_keys_for_assets([dg.AssetKey(stage)])]
+        assert any(c.blocking for c in checks), stage
+    job = defs().resolve_job_def("mmc4_shard_job")
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == \
+        {k.to_user_string() for k in graph.get_all_asset_keys()}

@@ -2,7 +2,6 @@ import os
 
 import dagster as dg
 
-from mmc4_assets.defs.common import GROUP
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.resources import ShardSource
 
@@ -10,7 +9,8 @@ STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_doc
 
 mmc4_shard_job = dg.define_asset_job(
     "mmc4_shard_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    # by lineage, not group: the stages, their side assets and the corpus state publishing reads
+    selection=dg.AssetSelection.assets("published_shards").upstream(),
     partitions_def=shards,
     description="All MMC4 stages and their checks for one shard.",
     # a run that dies with its process (OOM, preempted node) is retried by the daemon

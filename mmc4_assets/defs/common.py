@@ -13,7 +13,10 @@ import dagster as dg
 from mmc4_assets.quality.rules import Outcome
 from mmc4_assets.stats import StepStats
 
-GROUP = "mmc4"
+GROUP = "mmc4"  # the six MMC4 stages, raw_c4 ... published_shards, each with a blocking check
+# per-shard side outputs the stages use: classifier scores (publishing filters) and the
+# pHash counts / document fingerprints each shard contributes to the corpus-wide state
+SIGNALS_GROUP = "shard_signals"
 
 
 def shard_check(*, asset: Any, blocking: bool, **kwargs: Any) -> Callable[[Callable], dg.AssetChecksDefinition]:
