@@ -176,14 +176,21 @@ def shoot(url: str, png: Path, *, wait_ms: int = 20000, size: str = "1500,950") 
 
 
 def stop_group(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
+    """End the process group we started: SIGTERM, then SIGKILL for what is left (dagster dev's
+    webserver, daemon and code servers outlive a SIGTERM to their parent)."""
+    if proc is None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def main() -> int:
@@ -264,8 +271,9 @@ def main() -> int:
         ui = f"http://127.0.0.1:{port}"
         quoted = urllib.parse.quote(BROKEN)
         shots = {
-            "lineage.png": f"{ui}/asset-groups",
-            "partitions.png": f"{ui}/assets/{asset}?view=partitions&partition={quoted}",
+            "lineage.png": f"{ui}/locations/mmc4_assets/asset-groups/mmc4/lineage",
+            # the stage after the failed check: its partition for the broken shard is Failed
+            "partitions.png": f"{ui}/assets/clip_scores?view=partitions&partition={quoted}",
             "failed_check.png": f"{ui}/assets/{asset}?view=checks&checkDetail={check}",
             "data_docs.png": docs_page,
             "api_docs.png": f"http://127.0.0.1:{api_port}/docs",
