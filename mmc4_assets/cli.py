@@ -16,7 +16,7 @@ def _instance():
 
     home = os.environ.get("DAGSTER_HOME")
     if not home:
-        # the repository's dagster_home/ when run from a checkout, so `dagster dev` shows the run
+        # the repository's dagster_home/ when run from a checkout, so `dg dev` shows the run
         home = str(Path.cwd() / "dagster_home")
         os.environ["DAGSTER_HOME"] = home
     Path(home).mkdir(parents=True, exist_ok=True)
@@ -24,7 +24,7 @@ def _instance():
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-    """Materialize all six assets and their checks for the bundled sample shard."""
+    """Materialize every asset and check for the bundled sample shard, in this process."""
     parser = argparse.ArgumentParser(prog="mmc4-sample", description=sample_main.__doc__)
     parser.add_argument("--storage-root", default=None,
                         help="where outputs go (default: $MMC4_STORAGE_ROOT or ./storage)")
@@ -51,7 +51,7 @@ def sample_main(argv: list[str] | None = None) -> int:
                                     raise_on_error=False)
     elapsed = time.perf_counter() - started
     if not result.success:
-        print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dagster dev` or the log above",
+        print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dg dev` or the log above",
               file=sys.stderr)
         return 1
     print(f"\nsample run {result.run_id} succeeded in {elapsed:.1f}s")
@@ -66,7 +66,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     store = ShardStore(default_storage_root())
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")
     print(f"dagster home:    {os.environ['DAGSTER_HOME']}")
-    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml"
+    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dg dev"
           "  ->  http://127.0.0.1:3000")
     return 0
 
