@@ -32,12 +32,20 @@ from _common import load_average  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SHARD = "c4-sample.00000-of-00001"
-INSTANCE_YAML = "telemetry:\n  enabled: false\nrun_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+INSTANCE_YAML = (
+    "telemetry:\n  enabled: false\n"
+    "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+)
 
 
 def _env(home: Path, storage: Path, executor: str | None) -> dict[str, str]:
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MMC4_STORAGE_ROOT": str(storage),
-           "MMC4_PROFILE": "sample", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MMC4_STORAGE_ROOT": str(storage),
+        "MMC4_PROFILE": "sample",
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("MMC4_EXECUTOR", None)
     if executor:
         env["MMC4_EXECUTOR"] = executor
@@ -49,9 +57,17 @@ def run_cli(tmp: Path) -> dict[str, float]:
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE_YAML)
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", "import sys; from mmc4_assets.cli import sample_main; "
-                          "sys.exit(sample_main(['--log-level', 'WARNING']))"],
-                         cwd=REPO, env=_env(home, storage, None), capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mmc4_assets.cli import sample_main; sys.exit(sample_main(['--log-level', 'WARNING']))",
+        ],
+        cwd=REPO,
+        env=_env(home, storage, None),
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     if out.returncode:
         raise SystemExit(f"mmc4-sample failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -71,9 +87,22 @@ def run_launch(tmp: Path, executor: str | None, timeout: float) -> dict[str, flo
     instance.add_dynamic_partitions("shards", [SAMPLE_SHARD])
     started = time.perf_counter()
     launch = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", "workspace.yaml",
-         "-j", "mmc4_shard_job", "--tags", json.dumps({"dagster/partition": SAMPLE_SHARD})],
-        cwd=REPO, env=env, capture_output=True, text=True)
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "job",
+            "launch",
+            "-w",
+            "workspace.yaml",
+            "-j",
+            "mmc4_shard_job",
+            "--tags",
+            json.dumps({"dagster/partition": SAMPLE_SHARD}),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     launched = time.perf_counter() - started
     if launch.returncode:
         raise SystemExit(f"dagster job launch failed:\n{launch.stdout[-3000:]}\n{launch.stderr[-3000:]}")
@@ -88,16 +117,18 @@ def run_launch(tmp: Path, executor: str | None, timeout: float) -> dict[str, flo
     record = runs[0]
     if record.dagster_run.status != dg.DagsterRunStatus.SUCCESS:
         for event in instance.all_logs(record.dagster_run.run_id):
-            if event.is_dagster_event and event.dagster_event.event_type_value in ("RUN_FAILURE", "STEP_FAILURE", "ENGINE_EVENT"):
+            kinds = ("RUN_FAILURE", "STEP_FAILURE", "ENGINE_EVENT")
+            if event.is_dagster_event and event.dagster_event.event_type_value in kinds:
                 print(event.message[:400], file=sys.stderr)
-    steps = {e.step_key for e in instance.all_logs(record.dagster_run.run_id,
-                                                  of_type=dg.DagsterEventType.STEP_START)}
-    return {"launch_status": record.dagster_run.status.value,
-            "launch_executor": executor or "profile default",
-            "launch_command_s": round(launched, 1),
-            "launch_run_s": round(record.end_time - record.start_time, 1) if record.start_time else None,
-            "launch_wall_s": round(wall, 1),
-            "launch_steps": len(steps)}
+    steps = {e.step_key for e in instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START)}
+    return {
+        "launch_status": record.dagster_run.status.value,
+        "launch_executor": executor or "profile default",
+        "launch_command_s": round(launched, 1),
+        "launch_run_s": round(record.end_time - record.start_time, 1) if record.start_time else None,
+        "launch_wall_s": round(wall, 1),
+        "launch_steps": len(steps),
+    }
 
 
 def main() -> int:

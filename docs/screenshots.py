@@ -58,7 +58,8 @@ def broken_copy(shards: Path, pages: Path) -> Path:
 
     from mmc4_assets.sample.server import sample_page_archives, sample_shard_path
 
-    lines = gzip.open(sample_shard_path(), "rt").read().splitlines()
+    with gzip.open(sample_shard_path(), "rt") as f:
+        lines = f.read().splitlines()
     out = []
     for line in lines:
         try:
@@ -84,16 +85,24 @@ def broken_copy(shards: Path, pages: Path) -> Path:
             headers.remove_header("Content-Length")
             headers.remove_header("Content-Encoding")
             headers.remove_header("Transfer-Encoding")
-            writer.write_record(writer.create_warc_record(
-                uri.replace("://", "://broken.", 1), "response", payload=io.BytesIO(body),
-                length=len(body), http_headers=headers))
+            writer.write_record(
+                writer.create_warc_record(
+                    uri.replace("://", "://broken.", 1),
+                    "response",
+                    payload=io.BytesIO(body),
+                    length=len(body),
+                    http_headers=headers,
+                )
+            )
     return target
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
-                                 data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         out = json.load(resp)
     if out.get("errors"):
@@ -125,9 +134,14 @@ CHECKS = """query($k: AssetKeyInput!, $c: String!) { assetCheckExecutions(assetK
 
 
 def launch(port: int, partition: str, timeout: float) -> dict:
-    params = {"selector": {"repositoryLocationName": "mmc4_assets", "repositoryName": "__repository__",
-                           "jobName": "mmc4_shard_job"},
-              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]}}
+    params = {
+        "selector": {
+            "repositoryLocationName": "mmc4_assets",
+            "repositoryName": "__repository__",
+            "jobName": "mmc4_shard_job",
+        },
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+    }
     started = time.time()
     out = graphql(port, LAUNCH, {"p": params})["launchRun"]
     if out["__typename"] != "LaunchRunSuccess":
@@ -140,9 +154,13 @@ def launch(port: int, partition: str, timeout: float) -> dict:
         if time.time() - started > timeout:
             raise TimeoutError(f"run {run_id} still {run['status']}")
         time.sleep(1)
-    return {"run_id": run_id, "status": run["status"], "launch_to_end_s": round(time.time() - started, 1),
-            "queued_s": round(run["startTime"] - run["creationTime"], 1),
-            "run_s": round(run["endTime"] - run["startTime"], 1)}
+    return {
+        "run_id": run_id,
+        "status": run["status"],
+        "launch_to_end_s": round(time.time() - started, 1),
+        "queued_s": round(run["startTime"] - run["creationTime"], 1),
+        "run_s": round(run["endTime"] - run["startTime"], 1),
+    }
 
 
 def cli_run(tmp: Path, env: dict) -> dict:
@@ -153,9 +171,17 @@ def cli_run(tmp: Path, env: dict) -> dict:
     env.pop("MMC4_SHARDS_ROOT", None)
     env.pop("MMC4_PAGE_ARCHIVES", None)
     started = time.time()
-    out = subprocess.run([sys.executable, "-c", "import sys; from mmc4_assets.cli import sample_main; "
-                          "sys.exit(sample_main(['--log-level', 'WARNING']))"],
-                         cwd=REPO, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mmc4_assets.cli import sample_main; sys.exit(sample_main(['--log-level', 'WARNING']))",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     line = next((x for x in out.stdout.splitlines() if "succeeded in" in x), out.stdout[-500:])
     return {"cli_printed": line.strip(), "cli_wall_s": round(time.time() - started, 1)}
 
@@ -165,11 +191,25 @@ def shoot(url: str, png: Path, *, wait_ms: int = 20000, size: str = "1500,950") 
     if chromium is None:
         raise SystemExit("chromium not found: apt-get install chromium")
     with tempfile.TemporaryDirectory(prefix="mmc4-chromium-") as profile:
-        subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--host-resolver-rules={OFFLINE}",
-                        "--allow-file-access-from-files", f"--window-size={size}",
-                        f"--virtual-time-budget={wait_ms}", f"--screenshot={png}", url],
-                       check=True, capture_output=True, timeout=180)
+        subprocess.run(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--host-resolver-rules={OFFLINE}",
+                "--allow-file-access-from-files",
+                f"--window-size={size}",
+                f"--virtual-time-budget={wait_ms}",
+                f"--screenshot={png}",
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
     from PIL import Image
 
     Image.open(png).convert("RGB").quantize(colors=128).save(png, optimize=True)  # small PNGs
@@ -211,10 +251,17 @@ def main() -> int:
 
     shutil.copy(sample_shard_path(), shards / f"{SAMPLE}.json.gz")
     archives = [str(p) for p in sample_page_archives()] + [str(broken_copy(shards, pages))]
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MMC4_STORAGE_ROOT": str(storage),
-           "MMC4_PROFILE": "sample", "MMC4_SHARDS_ROOT": str(shards),
-           "MMC4_PAGE_ARCHIVES": ",".join(archives), "PYTHONPATH": str(REPO),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(BIN.parent)}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MMC4_STORAGE_ROOT": str(storage),
+        "MMC4_PROFILE": "sample",
+        "MMC4_SHARDS_ROOT": str(shards),
+        "MMC4_PAGE_ARCHIVES": ",".join(archives),
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(BIN.parent),
+    }
     env.pop("MMC4_EXECUTOR", None)
     os.environ.update({"DAGSTER_HOME": str(home)})
     import dagster as dg
@@ -222,7 +269,7 @@ def main() -> int:
     dg.DagsterInstance.get().add_dynamic_partitions("shards", [SAMPLE, BROKEN])
 
     port, api_port = free_port(), free_port()
-    report: dict = {"load_before": open("/proc/loadavg").read().split()[:3]}
+    report: dict = {"load_before": os.getloadavg()}
     dev = api = None
     try:
         if (BIN / "dg").exists():
@@ -230,8 +277,8 @@ def main() -> int:
         else:
             cmd = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"]
         report["ui_command"] = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))
-        log = open(tmp / "dev.log", "w")
-        dev = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(tmp / "dev.log", "w") as log:  # the child keeps its own copy of the descriptor
+            dev = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.time()
         wait_http(f"http://127.0.0.1:{port}/server_info", 300, dev)
         while True:  # the code location loads after the webserver answers
@@ -248,22 +295,38 @@ def main() -> int:
         report["ui_launch_sample"] = launch(port, SAMPLE, args.timeout)
         report["ui_launch_broken"] = launch(port, BROKEN, args.timeout)
         report.update(cli_run(tmp, env))
-        report["load_after_runs"] = open("/proc/loadavg").read().split()[:3]
+        report["load_after_runs"] = os.getloadavg()
         asset, check = FAILING_CHECK
         report["check_executions"] = graphql(port, CHECKS, {"k": {"path": [asset]}, "c": check})["assetCheckExecutions"]
 
         tokens = tmp / "tokens.json"
         tokens.write_text("{}")
-        api = subprocess.Popen([sys.executable, "-m", "mmc4_assets.api", "--storage-root", str(storage),
-                                "--tokens-file", str(tokens), "--port", str(api_port),
-                                "--cache-dir", str(tmp / "api_cache")],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+        api = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mmc4_assets.api",
+                "--storage-root",
+                str(storage),
+                "--tokens-file",
+                str(tokens),
+                "--port",
+                str(api_port),
+                "--cache-dir",
+                str(tmp / "api_cache"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_http(f"http://127.0.0.1:{api_port}/openapi.json", 120, api)
 
         instance = dg.DagsterInstance.get()
         record = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1)[0]
+            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1
+        )[0]
         evaluation = record.event.dagster_event.event_specific_data  # an AssetCheckEvaluation
         docs_page = evaluation.metadata["data_docs"].value
         report["data_docs_page"] = docs_page

@@ -13,12 +13,17 @@ SHARD = "c4-sample.00000-of-00001"
 PENDING = {"corpus_republish_sensor"}  # its module is being reworked (issue 17); described there
 
 
-@pytest.mark.parametrize(("env", "executor"), [
-    ({}, "in_process"),  # a run launched from the UI on the sample: one process, no per-step imports
-    ({"MMC4_PROFILE": "production", "MMC4_STORAGE_ROOT": "/x", "MMC4_SHARDS_ROOT": "/y"},
-     "multi_or_in_process_executor"),
-    ({"MMC4_EXECUTOR": "multiprocess"}, "multi_or_in_process_executor"),
-])
+@pytest.mark.parametrize(
+    ("env", "executor"),
+    [
+        ({}, "in_process"),  # a run launched from the UI on the sample: one process, no per-step imports
+        (
+            {"MMC4_PROFILE": "production", "MMC4_STORAGE_ROOT": "/x", "MMC4_SHARDS_ROOT": "/y"},
+            "multi_or_in_process_executor",
+        ),
+        ({"MMC4_EXECUTOR": "multiprocess"}, "multi_or_in_process_executor"),
+    ],
+)
 def test_executor_follows_the_profile(monkeypatch, env, executor):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -39,8 +44,13 @@ def test_check_result_is_recorded_against_its_shard(tmp_path):
     instance.add_dynamic_partitions(shards.name, [SHARD])
     selection = [a for a in d.assets if dg.AssetKey("raw_c4") in a.keys]
     checks = [c for c in d.asset_checks if any(k.asset_key == dg.AssetKey("raw_c4") for k in c.check_keys)]
-    result = dg.materialize([*selection, *checks], partition_key=SHARD, instance=instance,
-                            resources=sample_resources(str(tmp_path)), raise_on_error=False)
+    result = dg.materialize(
+        [*selection, *checks],
+        partition_key=SHARD,
+        instance=instance,
+        resources=sample_resources(str(tmp_path)),
+        raise_on_error=False,
+    )
     evaluations = result.get_asset_check_evaluations()
     assert evaluations
     for evaluation in evaluations:
@@ -110,8 +120,11 @@ def test_api_docs_page_loads_swagger_from_the_app_itself(tmp_path):
     from mmc4_assets.api.app import Settings, create_app
 
     (tmp_path / "tokens.json").write_text("{}")
-    app = create_app(Settings(storage_root=str(tmp_path), tokens_file=str(tmp_path / "tokens.json"),
-                              cache_dir=str(tmp_path / "cache")))
+    app = create_app(
+        Settings(
+            storage_root=str(tmp_path), tokens_file=str(tmp_path / "tokens.json"), cache_dir=str(tmp_path / "cache")
+        )
+    )
     client = TestClient(app)
     html = client.get("/docs").text
     assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
@@ -124,12 +137,16 @@ def test_groups_tell_the_checks_story():
     in their own group (corpus-wide assets: the corpus group)."""
     graph = defs().resolve_asset_graph()
     stages = {"raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards"}
-    in_group = {k.to_user_string() for k in graph.get_all_asset_keys()
-                if graph.get(k).group_name == "mmc4" and graph.get(k).partitions_def is not None}
+    in_group = {
+        k.to_user_string()
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).group_name == "mmc4" and graph.get(k).partitions_def is not None
+    }
     assert in_group == stages
     for stage in stages:
         checks = [graph.get_check_spec(c) for c in graph.get_check_keys_for_assets([dg.AssetKey(stage)])]
         assert any(c.blocking for c in checks), stage
     job = defs().resolve_job_def("mmc4_shard_job")
-    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == \
-        {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+        k.to_user_string() for k in graph.get_all_asset_keys()
+    }

@@ -2,8 +2,7 @@ import dagster as dg
 
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_frame
 from mmc4_assets.defs.clip_scores import clip_scores
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
-from mmc4_assets.defs.common import shard_check
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import StorageResource

@@ -3,8 +3,7 @@ import time
 import dagster as dg
 
 from mmc4_assets.clip.shard import write_clip_scores
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, stats_metadata
-from mmc4_assets.defs.common import shard_check
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, shard_check, stats_metadata
 from mmc4_assets.defs.fetched_images import fetched_images
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite

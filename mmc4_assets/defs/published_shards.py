@@ -8,8 +8,7 @@ from mmc4_assets import __version__
 from mmc4_assets.dedup.doc_index import load_doc_decisions
 from mmc4_assets.dedup.image_counts import load_image_counts
 from mmc4_assets.dedup.keys import url_keys
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata
-from mmc4_assets.defs.common import shard_check
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check
 from mmc4_assets.defs.corpus_common import latest_version
 from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts

@@ -209,7 +209,8 @@ class GXRunner:
             shutil.copytree(_VENDOR, vendor, dirs_exist_ok=True)
         urls = ctx.get_docs_sites_urls(resource_identifier=identifier, site_name=_SITE)
         page = _page_path(urls[0]["site_url"]) if urls else None
-        for path in (site / "index.html", page, site / "expectations" / f"{identifier.expectation_suite_identifier.name}.html"):
+        suite_page = site / "expectations" / f"{identifier.expectation_suite_identifier.name}.html"
+        for path in (site / "index.html", page, suite_page):
             if path is not None and path.exists():
                 localize_page(path, site)
         return str(page) if page is not None else None
