@@ -16,7 +16,7 @@ def _instance():
 
     home = os.environ.get("DAGSTER_HOME")
     if not home:
-        # the repository's dagster_home/ when run from a checkout, so `dagster dev` shows the run
+        # the repository's dagster_home/ when run from a checkout, so `dg dev` shows the run
         home = str(Path.cwd() / "dagster_home")
         os.environ["DAGSTER_HOME"] = home
     Path(home).mkdir(parents=True, exist_ok=True)
@@ -24,7 +24,7 @@ def _instance():
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-    """Materialize all six assets and their checks for the bundled sample shard."""
+    """Materialize every asset and check for the bundled sample shard, in this process."""
     parser = argparse.ArgumentParser(prog="mmc4-sample", description=sample_main.__doc__)
     parser.add_argument("--storage-root", default=None,
                         help="where outputs go (default: $MMC4_STORAGE_ROOT or ./storage)")
@@ -45,14 +45,14 @@ def sample_main(argv: list[str] | None = None) -> int:
     instance = _instance()
     instance.add_dynamic_partitions(shards.name, [SAMPLE_SHARD])
     started = time.perf_counter()
-    job = defs().get_job_def("mmc4_shard_job")
+    job = defs().resolve_job_def("mmc4_shard_job")
     # INFO keeps the stage logs (page records found, progress) without Dagster's step-event DEBUG lines
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     result = job.execute_in_process(instance=instance, partition_key=SAMPLE_SHARD, run_config=run_config,
                                     raise_on_error=False)
     elapsed = time.perf_counter() - started
     if not result.success:
-        print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dagster dev` or the log above",
+        print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dg dev` or the log above",
               file=sys.stderr)
         return 1
     print(f"\nsample run {result.run_id} succeeded in {elapsed:.1f}s")
@@ -67,7 +67,7 @@ def sample_main(argv: list[str] | None = None) -> int:
     store = open_store()  # the root and MMC4_S3_* settings the run's resources used
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")
     print(f"dagster home:    {os.environ['DAGSTER_HOME']}")
-    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml"
+    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dg dev"
           "  ->  http://127.0.0.1:3000")
     return 0
 
@@ -75,12 +75,19 @@ def sample_main(argv: list[str] | None = None) -> int:
 def shards_main(argv: list[str] | None = None) -> int:
     """List, add or discover shard partitions in the Dagster instance ($DAGSTER_HOME)."""
     parser = argparse.ArgumentParser(prog="mmc4-shards", description=shards_main.__doc__)
+    parser.add_argument("--source-root", default=None,
+                        help="where {key}.json.gz shard files live, local or s3:// (default: the profile's "
+                             "source: $MMC4_SHARDS_ROOT, else the bundled sample's folder)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="registered shard partitions")
-    add = sub.add_parser("add", help="register shard keys by hand")
+    add = sub.add_parser("add", help="register shard keys by hand (each must have its file under the source root)")
     add.add_argument("keys", nargs="+")
-    sub.add_parser("discover", help="register every shard file under the configured source root")
+    add.add_argument("--force", action="store_true", help="register keys whose file is missing")
+    sub.add_parser("discover", help="register every shard file under the source root")
     args = parser.parse_args(argv)
+    if args.source_root:
+        root = args.source_root
+        os.environ["MMC4_SHARDS_ROOT"] = root if "://" in root else str(Path(root).resolve())
 
     from mmc4_assets.defs.partitions import shards
 
@@ -89,15 +96,22 @@ def shards_main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         print("\n".join(known))
         return 0
+
+    from mmc4_assets.definitions import defs
+
+    # resources bound with EnvVar fields must be initialised to read their values
+    source = defs().resources["source"].process_config_and_initialize()
     if args.cmd == "add":
         keys = args.keys
+        missing = [k for k in keys if not source.shard_path(k).exists()]
+        if missing and not args.force:
+            print(f"no shard file under {source.shards_root} for: {', '.join(missing)} "
+                  "(expected {key}.json.gz; --force registers them anyway)", file=sys.stderr)
+            return 2
     else:
-        from mmc4_assets.definitions import defs
-
-        # resources bound with EnvVar fields must be initialised to read their values
-        keys = defs().resources["source"].process_config_and_initialize().list_shards()
+        keys = source.list_shards()
     new = [k for k in keys if k not in set(known)]
     if new:
         instance.add_dynamic_partitions(shards.name, new)
-    print(f"registered {len(new)} new shard partitions ({len(known) + len(new)} total)")
+    print(f"registered {len(new)} new shard partitions ({len(known) + len(new)} total) from {source.shards_root}")
     return 0

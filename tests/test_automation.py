@@ -42,8 +42,8 @@ def test_new_shard_keys_is_bounded_per_tick():
 
 
 def test_shards_cli_adds_and_lists(dagster_home, capsys):
-    assert shards_main(["add", "a-shard", "b-shard"]) == 0
-    assert shards_main(["add", "a-shard"]) == 0
+    assert shards_main(["add", "--force", "a-shard", "b-shard"]) == 0
+    assert shards_main(["add", "--force", "a-shard"]) == 0
     assert "registered 0 new" in capsys.readouterr().out
     shards_main(["list"])
     assert capsys.readouterr().out.split() == ["a-shard", "b-shard"]

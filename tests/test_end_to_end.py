@@ -146,7 +146,7 @@ def test_manifest_and_metadata_tell_the_story(default_run):
     assert funnel["source lines"]["documents"] == load_expected()["totals"]["lines"]
     assert "http_404: 3 images" in funnel["fetched_images"]["dropped"]
     assert funnel["published_shards"]["documents"] == manifest["num_docs"]
-    assert (root / "data_docs" / "index.html").exists()
+    assert (root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 
 def test_without_similarity_threshold_everything_the_sample_promises_is_published(tmp_path):

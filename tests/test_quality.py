@@ -1,5 +1,8 @@
 """The expectation suites pass on good frames and name the broken rule on bad ones."""
 
+import re
+from pathlib import Path
+
 import polars as pl
 import pytest
 
@@ -32,7 +35,7 @@ def _failed(outcome):
 def test_fetched_images_suite_success_floor_and_sizes(gx_runner):
     good = S.fetched_images_frame(_fetched(["ok", "ok", "http_404"], [(300, 300), (400, 300), (0, 0)]))
     out = gx_runner.validate("fetched_images", "p1", good, S.fetched_images_expectations(T))
-    assert out.success and out.docs_url.endswith("index.html")
+    assert out.success and "/validations/fetched_images/p1/" in out.docs_url
 
     bad = S.fetched_images_frame(_fetched(["ok", "http_404", "timeout", "http_404"],
                                           [(100, 300), (1, 1), (1, 1), (1, 1)]))
@@ -106,3 +109,28 @@ def test_success_rate_drift():
     assert success_rate_drift(0.9, [], 0.15) == (True, None)
     assert success_rate_drift(0.7, [0.9, 0.9], 0.15)[0] is False
     assert success_rate_drift(0.76, [0.9, 0.9], 0.15)[0] is True
+
+
+def test_data_docs_accumulate_link_each_validation_and_render_offline(tmp_path):
+    """One file context under the root: every validation kept, its own page, no CDN, the asset named."""
+    runner = GXRunner(tmp_path)
+    good = S.fetched_images_frame(_fetched(["ok"], [(300, 300)]))
+    keys = ["c4-train.00000-of-01024", "c4-train.00001-of-01024"]
+    pages = [runner.validate("fetched_images", k, good, S.fetched_images_expectations(T)).docs_url for k in keys]
+    site = tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site"
+    assert len(set(pages)) == 2 and all(p.startswith(str(site / "validations" / "fetched_images")) for p in pages)
+    # a second runner (another process) sees the same context and adds to it
+    GXRunner(tmp_path).validate("fetched_images", keys[0], good, S.fetched_images_expectations(T))
+    index = (site / "index.html").read_text()
+    assert all(index.count(k) >= 1 for k in keys)
+    assert len(list((site / "validations" / "fetched_images").rglob("*.html"))) == 3
+    for page in [site / "index.html", *map(Path, pages)]:
+        html = page.read_text()
+        loaded = re.findall(r'<(?:script|img)[^>]*\ssrc="([^"]*)"|<link[^>]*\shref="([^"]*)"', html)
+        loaded = [a or b for a, b in loaded]
+        assert loaded and not [u for u in loaded if "://" in u], page
+        for ref in loaded:
+            assert (page.parent / ref).resolve().exists(), (page, ref)
+    page = Path(pages[0]).read_text()
+    assert "Data asset: None" not in re.sub(r"<[^>]+>", " ", page).replace("  ", " ")
+    assert f"fetched_images [{keys[0]}]" in page

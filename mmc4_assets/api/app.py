@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -149,7 +150,8 @@ def create_app(settings: Settings) -> FastAPI:
         if warmer is not None:
             warmer.join(timeout=5)
 
-    app = FastAPI(title="MMC4 read API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc with Swagger UI / ReDoc files from the fastapi-offline package: no CDN
+    app = FastAPIOffline(title="MMC4 read API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.dataset, app.state.verifier, app.state.limiter = dataset, verifier, limiter
 
     bearer = HTTPBearer(auto_error=False, description="an API token from the operator")

@@ -236,6 +236,33 @@ def _causal_text_blocks(model) -> bool:
     return torch.equal(mask, causal) and all(_plain_block(b) for b in tower.resblocks)
 
 
+_RANDOM_NOTICE = "Model initialized randomly"
+_random_models_logged: set[str] = set()
+
+
+class _WithoutRandomInitNotice(logging.Filter):
+    """open_clip logs its random-init notice on the root logger at every load; we log ours once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _RANDOM_NOTICE not in record.getMessage()
+
+
+def _create_model(model_name: str, pretrained: str | None, device):
+    if pretrained is not None:
+        return open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    root, quiet = logging.getLogger(), _WithoutRandomInitNotice()
+    root.addFilter(quiet)
+    try:
+        created = open_clip.create_model_and_transforms(model_name, pretrained=None, device=device)
+    finally:
+        root.removeFilter(quiet)
+    if model_name not in _random_models_logged:  # once per process and model
+        _random_models_logged.add(model_name)
+        log.warning("CLIP %s has RANDOM weights (pretrained=None): its similarities carry no quality meaning",
+                    model_name)
+    return created
+
+
 class ClipEncoder:
     def __init__(self, spec: ClipSpec):
         _register_local_configs()
@@ -246,8 +273,7 @@ class ClipEncoder:
         if pretrained and os.path.sep in pretrained and not os.path.exists(pretrained):
             raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")
         torch.manual_seed(spec.seed)  # a random model must be the same model on every run
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model_name, pretrained=pretrained, device=self.device)
+        model, _, preprocess = _create_model(spec.model_name, pretrained, self.device)
         model.eval().requires_grad_(False)
         if hasattr(model, "visual"):
             model.visual.to(memory_format=torch.channels_last)  # the patch conv reads NHWC input as is

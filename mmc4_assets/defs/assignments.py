@@ -4,7 +4,7 @@ import dagster as dg
 
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_frame
 from mmc4_assets.defs.clip_scores import clip_scores
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import StorageResource
@@ -55,7 +55,7 @@ def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
     })
 
 
-@dg.asset_check(asset=assignments, blocking=True)
+@shard_check(asset=assignments, blocking=True)
 def assignments_within_text_list(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                  quality: DataQuality) -> dg.AssetCheckResult:
     """matched_text_index inside text_list, every kept image's best sentence >= min_similarity, one image per sentence but surplus."""

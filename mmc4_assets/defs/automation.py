@@ -2,7 +2,6 @@ import os
 
 import dagster as dg
 
-from mmc4_assets.defs.common import GROUP
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.resources import ShardSource
 
@@ -10,7 +9,8 @@ STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_doc
 
 mmc4_shard_job = dg.define_asset_job(
     "mmc4_shard_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    # by lineage, not group: the stages, their side assets and the corpus state publishing reads
+    selection=dg.AssetSelection.assets("published_shards").upstream(),
     partitions_def=shards,
     description="All MMC4 stages and their checks for one shard.",
     # a run that dies with its process (OOM, preempted node) is retried by the daemon
@@ -26,8 +26,11 @@ def new_shard_keys(listed: list[str], known: set[str], limit: int) -> list[str]:
     return [k for k in listed if k not in known][:limit]
 
 
+# STOPPED by default: turning it on starts runs for every file under the source root
 @dg.sensor(job=mmc4_shard_job, minimum_interval_seconds=300,
-           default_status=dg.DefaultSensorStatus.STOPPED)
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Every 5 min: registers new {key}.json.gz files under the source root as shard "
+                       "partitions and runs mmc4_shard_job for each (at most 500 per tick). Off by default.")
 def shard_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSource) -> dg.SensorResult:
     """Registers new *.json.gz files under the source root as shard partitions and runs them."""
     known = set(context.instance.get_dynamic_partitions(shards.name))
@@ -61,8 +64,11 @@ def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit:
 
 
 def _refresh_schedule(cron: str, max_runs: int) -> dg.ScheduleDefinition:
+    # STOPPED by default, like the discovery sensor: it starts runs by itself once on
     @dg.schedule(job=mmc4_shard_job, cron_schedule=cron, name="shard_refresh_schedule",
-                 default_status=dg.DefaultScheduleStatus.STOPPED)
+                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description=f"At '{cron}' (MMC4_REFRESH_CRON): runs up to {max_runs} shards "
+                             "(MMC4_REFRESH_MAX_RUNS) never published or whose upstream changed since. Off by default.")
     def shard_refresh_schedule(context: dg.ScheduleEvaluationContext):
         """Runs shards that were never published or whose upstream changed since, a bounded number per tick."""
         instance = context.instance

@@ -3,7 +3,7 @@ import time
 import dagster as dg
 
 from mmc4_assets.clip.shard import write_clip_scores
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, shard_check, stats_metadata
 from mmc4_assets.defs.fetched_images import fetched_images
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
@@ -56,7 +56,7 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
     })
 
 
-@dg.asset_check(asset=clip_scores, blocking=True)
+@shard_check(asset=clip_scores, blocking=True)
 def clip_scores_are_cosines(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                             quality: DataQuality) -> dg.AssetCheckResult:
     """Matrix shape = images x sentences per doc, finite values in [-1, 1], unit-norm features."""

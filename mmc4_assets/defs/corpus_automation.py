@@ -19,7 +19,6 @@ import json
 import dagster as dg
 
 from mmc4_assets.dedup.corpus_state import read_affected
-from mmc4_assets.defs.common import GROUP
 from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts
 from mmc4_assets.defs.partitions import shards
@@ -37,7 +36,7 @@ mmc4_publish_job = dg.define_asset_job(
 
 mmc4_prepare_job = dg.define_asset_job(
     "mmc4_prepare_job",
-    selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets(
+    selection=dg.AssetSelection.assets(published_shards).upstream() - dg.AssetSelection.assets(
         published_shards, corpus_image_counts, corpus_doc_index),
     partitions_def=shards,
     description="Two-pass mode, pass 1: every per-shard stage and corpus contribution, nothing published.")

@@ -3,7 +3,7 @@ import dagster as dg
 from mmc4_assets.dedup.phash import url_duplicate_flags
 from mmc4_assets.dedup.shard import DEDUPED_SCHEMA, dedup_document
 from mmc4_assets.defs.assignments import assignments
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
@@ -56,7 +56,7 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
     })
 
 
-@dg.asset_check(asset=deduped_docs, blocking=True)
+@shard_check(asset=deduped_docs, blocking=True)
 def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                     quality: DataQuality) -> dg.AssetCheckResult:
     """No two images of a document within the pHash threshold; no document without images."""

@@ -2,7 +2,7 @@ from typing import Literal
 
 import dagster as dg
 
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
@@ -74,7 +74,7 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
     })
 
 
-@dg.asset_check(asset=fetched_images, blocking=True)
+@shard_check(asset=fetched_images, blocking=True)
 def fetched_images_match_raw_c4(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                 quality: DataQuality) -> dg.AssetCheckResult:
     """Every candidate URL of raw_c4 has one row; success rate above the floor; kept images obey MMC4's size, aspect and resize rules."""
@@ -91,7 +91,7 @@ def fetched_images_match_raw_c4(context: dg.AssetCheckExecutionContext, storage:
     return check_result(outcome, suite, min_fetch_success_rate=thresholds.min_fetch_success_rate)
 
 
-@dg.asset_check(asset=fetched_images, blocking=False)
+@shard_check(asset=fetched_images, blocking=False)
 def fetched_images_success_rate_stable(context: dg.AssetCheckExecutionContext,
                                        quality: DataQuality) -> dg.AssetCheckResult:
     """Warns when this shard's fetch success rate is well below the trailing mean of earlier shards (dead hosts, blocking, a bad config)."""

@@ -3,7 +3,7 @@ import dagster as dg
 from mmc4_assets.classify.shard import SCORES_SCHEMA, score_features
 from mmc4_assets.defs.classifiers import FeatureClassifiers
 from mmc4_assets.defs.clip_scores import clip_scores
-from mmc4_assets.defs.common import GROUP, config_hash, latest_metadata
+from mmc4_assets.defs.common import SIGNALS_GROUP, config_hash, latest_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.resources import StorageResource
 from mmc4_assets.stats import StepStats
@@ -15,7 +15,7 @@ def _filter_status(model, threshold: float) -> str:
     return f"on: {model.format} {model.path} (sha256 {model.sha256[:12]}), flag p > {threshold}"
 
 
-@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"pytorch", "parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=SIGNALS_GROUP, code_version="1", kinds={"pytorch", "parquet"},
           deps=[clip_scores], tags={"mmc4/stage": "classify"})
 def image_classifier_scores(context: dg.AssetExecutionContext, storage: StorageResource,
                             classifiers: FeatureClassifiers) -> dg.MaterializeResult:

@@ -8,7 +8,7 @@ from mmc4_assets import __version__
 from mmc4_assets.dedup.doc_index import load_doc_decisions
 from mmc4_assets.dedup.image_counts import load_image_counts
 from mmc4_assets.dedup.keys import url_keys
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check
 from mmc4_assets.defs.corpus_common import latest_version
 from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts
@@ -262,7 +262,7 @@ def _assignment_settings(store, shard: str) -> tuple[str, float]:
     return (used["assignment"][0], float(used["min_similarity"][0])) if used.height else (MMC4, DEFAULT_MIN_SIM)
 
 
-@dg.asset_check(asset=published_shards, blocking=True)
+@shard_check(asset=published_shards, blocking=True)
 def published_shards_match_mmc4_schema(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                        quality: DataQuality) -> dg.AssetCheckResult:
     """Every line of the shard and its subsets parses and matches the MMC4 schema; counts reconcile with deduped_docs; checksums = manifests; the full set's assignment is MMC4's (matched_sim = matrix entry, optimal total, surplus rule, best sentence >= min_sim)."""

@@ -13,10 +13,12 @@ from mmc4_assets.quality.suites import Thresholds
 
 
 class DataQuality(dg.ConfigurableResource):
-    """Thresholds of the data-quality layer and the GX runner (one ephemeral context per process).
+    """Thresholds of the data-quality layer and the GX runner.
 
-    Data Docs are built under ``{storage root}/data_docs`` for local roots; object-store
-    roots keep the validation results in check metadata only.
+    Local storage roots keep one persistent GX file context, ``{storage root}/gx``, whose
+    Data Docs (``gx/uncommitted/data_docs/local_site/index.html``) accumulate every
+    validation; each check links to its own page. Object-store roots keep the validation
+    results in check metadata only (an ephemeral context).
     """
 
     gx_enabled: bool = True
@@ -43,13 +45,18 @@ class DataQuality(dg.ConfigurableResource):
             return None
         from mmc4_assets.quality.gx import GXRunner
 
-        docs_dir = None
-        if self.build_data_docs and "://" not in storage_root:
-            docs_dir = f"{storage_root.rstrip('/')}/data_docs"
-        runner = self._runners.get(docs_dir)
+        project_dir = None if "://" in storage_root else storage_root.rstrip("/")
+        runner = self._runners.get(project_dir)
         if runner is None:
-            runner = self._runners[docs_dir] = GXRunner(docs_dir)
-        return runner.validate(suite, partition, frame, expectations)
+            runner = self._runners[project_dir] = GXRunner(project_dir, build_docs=self.build_data_docs)
+        return runner.validate(suite, partition, frame, expectations, run_id=_current_run_id())
+
+
+def _current_run_id() -> str | None:
+    try:
+        return dg.AssetCheckExecutionContext.get().run.run_id
+    except dg.DagsterInvariantViolationError:  # called outside a check
+        return None
 
 
 def validate_suite(quality: DataQuality, suite: str, partition: str, storage_root: str,

@@ -4,7 +4,7 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
@@ -131,7 +131,7 @@ def _common_crawl_pages(context: dg.AssetExecutionContext, store, shard: str,
     return {r.key: r.page for r in lookups if r.page is not None}
 
 
-@dg.asset_check(asset=raw_c4, blocking=True)
+@shard_check(asset=raw_c4, blocking=True)
 def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                  quality: DataQuality) -> dg.AssetCheckResult:
     """Unique doc ids, non-null url/text, sentences and candidates per doc, URL-filter drop share within bounds."""

@@ -315,11 +315,17 @@ def resources() -> dg.Definitions:
     # MMC4_EXECUTOR=k8s|ecs runs each step of a shard's run in its own pod/task (see deploy/).
     from mmc4_assets.deploy.executors import executor_from_env
 
-    executor = executor_from_env()
     profile = os.environ.get("MMC4_PROFILE", "sample")
     if profile == "production":
-        return dg.Definitions(resources=production_resources(), executor=executor)
+        return dg.Definitions(resources=production_resources(), executor=executor_from_env("multiprocess"))
     if profile != "sample":
         raise ValueError(f"MMC4_PROFILE must be 'sample' or 'production', not {profile!r}")
-    return dg.Definitions(resources=sample_resources(default_storage_root(), s3=s3_resource_from_env()),
-                          executor=executor)
+    # A run launched from the UI runs in one process here: a subprocess per step (the default
+    # multiprocess executor) costs 10-30 s of imports per step on a small machine, longer than
+    # the sample's whole work (docs/performance.md, "Runs launched from the UI").
+    # MMC4_SHARDS_ROOT / MMC4_PAGE_ARCHIVES add shards to the sample profile (its image server,
+    # tiny CLIP and loopback fetching stay): more shards than the bundled one, same settings.
+    return dg.Definitions(resources=sample_resources(
+        default_storage_root(), shards_root=os.environ.get("MMC4_SHARDS_ROOT") or None,
+        page_archives=_env_list("MMC4_PAGE_ARCHIVES") or None, s3=s3_resource_from_env()),
+        executor=executor_from_env("in_process"))

@@ -139,6 +139,7 @@ def executor_for(kind: str, config: Mapping[str, Any] | None = None) -> dg.Execu
     return executor.configured(dict(config), name=executor.name) if config else executor
 
 
-def executor_from_env() -> dg.ExecutorDefinition | None:
-    return executor_for(os.environ.get("MMC4_EXECUTOR", ""),
+def executor_from_env(default: str = "multiprocess") -> dg.ExecutorDefinition | None:
+    """``MMC4_EXECUTOR`` (with ``MMC4_EXECUTOR_CONFIG``), or ``default`` when it is unset."""
+    return executor_for(os.environ.get("MMC4_EXECUTOR") or default,
                         load_executor_config(os.environ.get("MMC4_EXECUTOR_CONFIG")))
