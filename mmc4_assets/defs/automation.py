@@ -3,7 +3,7 @@ import os
 import dagster as dg
 
 from mmc4_assets.defs.common import GROUP
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.partitions import archives, shards
 from mmc4_assets.defs.resources import ShardSource
 
 STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
@@ -18,6 +18,23 @@ mmc4_shard_job = dg.define_asset_job(
 )
 
 
+page_records_job = dg.define_asset_job(
+    "page_records_job",
+    selection=dg.AssetSelection.assets("page_records"),
+    partitions_def=archives,
+    description="Read one page archive (WARC/WAT) once into its page_records table.",
+    tags={"dagster/max_retries": "1", "dagster/retry_strategy": "FROM_FAILURE"},
+)
+
+shard_pages_job = dg.define_asset_job(
+    "shard_pages_job",
+    selection=dg.AssetSelection.assets("shard_pages"),
+    partitions_def=shards,
+    description="Join the URLs of the run's shards with every archive's page records (one Dask join for "
+                "a range of shards).",
+)
+
+
 class ShardDiscoveryConfig(dg.Config):
     max_new_per_tick: int = 500  # bounds one tick's work on a 25k-shard listing
 
@@ -26,17 +43,61 @@ def new_shard_keys(listed: list[str], known: set[str], limit: int) -> list[str]:
     return [k for k in listed if k not in known][:limit]
 
 
-@dg.sensor(job=mmc4_shard_job, minimum_interval_seconds=300,
+def join_range_request(keys: list[str]) -> dg.RunRequest:
+    """One shard_pages run over a contiguous range of new shard keys (one Dask join for all)."""
+    return dg.RunRequest(job_name="shard_pages_job", run_key=f"join:{keys[0]}:{keys[-1]}:{len(keys)}",
+                         tags={"dagster/asset_partition_range_start": keys[0],
+                               "dagster/asset_partition_range_end": keys[-1]})
+
+
+@dg.sensor(jobs=[mmc4_shard_job, shard_pages_job], minimum_interval_seconds=300,
            default_status=dg.DefaultSensorStatus.STOPPED)
 def shard_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSource) -> dg.SensorResult:
-    """Registers new *.json.gz files under the source root as shard partitions and runs them."""
-    known = set(context.instance.get_dynamic_partitions(shards.name))
-    new = new_shard_keys(source.list_shards(), known, ShardDiscoveryConfig().max_new_per_tick)
+    """Registers new *.json.gz files under the source root as shard partitions; with page archives
+    or a columnar index, one shard_pages run joins the new shards first, and each shard's MMC4 run
+    is requested once its page table exists."""
+    instance = context.instance
+    known_list = instance.get_dynamic_partitions(shards.name)
+    known = set(known_list)
+    limit = ShardDiscoveryConfig().max_new_per_tick
+    new = new_shard_keys(source.list_shards(), known, limit)
+    needs_join = bool(instance.get_dynamic_partitions(archives.name)) or bool(
+        source.common_crawl is not None and source.common_crawl.columnar_index)
+    if not needs_join:
+        if not new:
+            return dg.SensorResult(skip_reason=f"no new shards ({len(known)} known)")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(job_name="mmc4_shard_job", partition_key=k, run_key=f"shard:{k}")
+                          for k in new],
+            dynamic_partitions_requests=[shards.build_add_request(new)],
+        )
+    # shards whose page table is in and whose MMC4 run was never requested (run keys dedupe repeats)
+    joined = instance.get_materialized_partitions(dg.AssetKey("shard_pages"))
+    started = instance.get_materialized_partitions(dg.AssetKey("raw_c4"))
+    ready = [k for k in known_list if k in joined and k not in started][:limit]
+    requests = [join_range_request(new)] if new else []
+    requests += [dg.RunRequest(job_name="mmc4_shard_job", partition_key=k, run_key=f"shard:{k}") for k in ready]
+    if not requests:
+        return dg.SensorResult(skip_reason=f"no new or newly joined shards ({len(known)} known)")
+    return dg.SensorResult(run_requests=requests,
+                           dynamic_partitions_requests=[shards.build_add_request(new)] if new else [])
+
+
+class ArchiveDiscoveryConfig(dg.Config):
+    max_new_per_tick: int = 1000
+
+
+@dg.sensor(job=page_records_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.STOPPED)
+def archive_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSource) -> dg.SensorResult:
+    """Registers new WARC/WAT files matched by the source's page_archives patterns as archive
+    partitions, and reads each once (page_records)."""
+    known = set(context.instance.get_dynamic_partitions(archives.name))
+    new = [k for k in source.archive_keys() if k not in known][:ArchiveDiscoveryConfig().max_new_per_tick]
     if not new:
-        return dg.SensorResult(skip_reason=f"no new shards ({len(known)} known)")
+        return dg.SensorResult(skip_reason=f"no new archives ({len(known)} known)")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"shard:{k}") for k in new],
-        dynamic_partitions_requests=[shards.build_add_request(new)],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=f"archive:{k}") for k in new],
+        dynamic_partitions_requests=[archives.build_add_request(new)],
     )
 
 
@@ -84,5 +145,6 @@ def schedules() -> dg.Definitions:
     cron = os.environ.get("MMC4_REFRESH_CRON", "0 * * * *")
     max_runs = int(os.environ.get("MMC4_REFRESH_MAX_RUNS", "20"))
     # a module with a @dg.definitions function contributes only what that function returns
-    return dg.Definitions(jobs=[mmc4_shard_job], sensors=[shard_discovery_sensor],
+    return dg.Definitions(jobs=[mmc4_shard_job, page_records_job, shard_pages_job],
+                          sensors=[shard_discovery_sensor, archive_discovery_sensor],
                           schedules=[_refresh_schedule(cron, max_runs)])

@@ -9,7 +9,7 @@ document order (URL resolved against ``<base href>``, alt text, position among t
 Every record of an archive is accounted for: it is a page record, or it is counted under a
 stable reason (``not_html``, ``wat_malformed_json``, ...). warcio's own iteration errors
 (a gzip member that splits a record, a non-chunked gzip, a bad header) end the archive:
-they are counted too (``archive_read_error:<kind>``) with the byte offset reached, and
+they are counted too (``archive_read_error_<kind>``) with the byte offset reached, and
 the pages read before the error are kept.
 """
 
@@ -256,7 +256,7 @@ class ArchiveProgress:
     """Where a read got to: records seen, and the error that ended it early (if any)."""
 
     records: int = 0
-    error: str | None = None         # ``archive_read_error:<kind>``
+    error: str | None = None         # ``archive_read_error_<kind>``
     error_detail: str | None = None
     error_offset: int | None = None  # byte offset of the record that could not be read
 
@@ -267,7 +267,7 @@ def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats 
 
     A record whose body cannot be parsed is counted (``record_error``) and skipped. An error
     of warcio's iterator itself (it cannot find the next record) ends the stream: it is
-    counted as ``archive_read_error:<kind>`` and noted in ``progress`` with its offset.
+    counted as ``archive_read_error_<kind>`` and noted in ``progress`` with its offset.
     """
     stats = stats if stats is not None else StepStats()
     progress = progress if progress is not None else ArchiveProgress()
@@ -280,7 +280,7 @@ def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats 
             return
         except Exception as exc:  # warcio's own iteration: a bad gzip member, header or format
             kind = error_kind(exc)
-            progress.error, progress.error_detail = f"{ARCHIVE_ERROR}:{kind}", str(exc).strip()[:300]
+            progress.error, progress.error_detail = f"{ARCHIVE_ERROR}_{kind}", str(exc).strip()[:300]
             progress.error_offset = _offset(it)
             stats.drop(progress.error)
             log.warning("%s: archive read stopped at byte %s after %d records: %s",
