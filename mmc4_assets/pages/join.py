@@ -51,6 +51,11 @@ WRITTEN_META = pd.DataFrame({"shard": pd.Series([], dtype=_S), "pages": pd.Serie
                              "docs_matched_wat": pd.Series([], dtype=_I64),
                              "docs_matched_cc": pd.Series([], dtype=_I64)})
 _PAGE_COLUMNS = list(PAGE_RECORDS_SCHEMA)
+# what read_parquet(dtype_backend="numpy_nullable") gives for page_records: every source of page
+# rows (archives, the columnar index) uses these, so the shuffle sees one schema
+PAGE_DTYPES = {"url": "string", "capture_time": "datetime64[us, UTC]", "status": "Int32", "mime": "string",
+               "source": "string", "archive": "string", "record_offset": "Int64", "image_urls": object,
+               "image_alts": object, "image_positions": object}
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def _pages_frame(page_tables: list[Location]):
 
     options = page_tables[0].options if page_tables else {}
     return dd.read_parquet([t.uri for t in page_tables], columns=_PAGE_COLUMNS,
-                           storage_options=options or None,
+                           storage_options=options or None, dtype_backend="numpy_nullable",
                            split_row_groups=False, aggregate_files=False)
 
 
@@ -144,7 +149,8 @@ def write_shard_partition(frame: pd.DataFrame, out: Location) -> pd.DataFrame:
         by_source = table["source"].value_counts()
         n = dict(zip(by_source["source"].to_list(), by_source["count"].to_list(), strict=True))
         counts.append({"shard": str(shard), "pages": table.height, "docs_matched_warc": n.get("warc", 0),
-                       "docs_matched_wat": n.get("wat", 0), "docs_matched_cc": n.get("cc", 0)})
+                       "docs_matched_wat": n.get("wat", 0),
+                       "docs_matched_cc": n.get("cc_warc", 0) + n.get("cc_wat", 0)})
     return pd.DataFrame(counts, columns=list(WRITTEN_META)).astype(WRITTEN_META.dtypes.to_dict())
 
 
