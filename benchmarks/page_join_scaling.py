@@ -173,6 +173,8 @@ def run_spark(root: Path) -> dict:
 
     from mmc4_assets.pages.archives import normalize_url
 
+    # Spark's Python workers must be this interpreter (its packages), not the first python3 on PATH
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     with TreeSampler() as sampler:
         t0 = time.perf_counter()
         spark = (SparkSession.builder.master("local[2]").appName("page-join-bench")
@@ -228,9 +230,10 @@ def measure(mode: str, root: Path) -> dict:
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    result = json.loads(proc.stdout.read().decode().strip().splitlines()[-1])
-    if os.waitstatus_to_exitcode(status) != 0:
+    lines = proc.stdout.read().decode().strip().splitlines()
+    if os.waitstatus_to_exitcode(status) != 0 or not lines:
         raise SystemExit(f"{mode} failed on {root}")
+    result = json.loads(lines[-1])
     result.update(cpu_s=usage.ru_utime + usage.ru_stime, wall_s=wall)
     return result
 
@@ -258,6 +261,7 @@ def main() -> None:
         try:
             build(root, n_archives, n_shards, args.pages, args.kb)
             baseline.append(((n_archives, n_shards), measure("baseline", root)))
+            print(f"  before, A={n_archives} S={n_shards}: {baseline[-1][1]}", flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
     for n_archives, n_shards in SIZES:
@@ -267,6 +271,7 @@ def main() -> None:
             dask = measure("dask", root)
             spark = measure("spark", root) if args.spark else None
             rows.append(((n_archives, n_shards), dask, spark))
+            print(f"  A={n_archives} S={n_shards}: dask {dask}\n    spark {spark}", flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -24,7 +24,7 @@ GLOB_CHARS = "*?["
 def archive_key(relpath: str) -> str:
     """Relative path -> partition key (reversible)."""
     rel = relpath.strip("/")
-    if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+    if not rel or "\\" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
         raise ValueError(f"not a relative archive path: {relpath!r}")
     return quote(rel, safe="/").replace("~", "%7E").replace("/", "~")
 
