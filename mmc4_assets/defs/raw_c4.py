@@ -104,7 +104,7 @@ def _shard_page_table(context: dg.AssetExecutionContext, store, shard: str, sour
             "and shard_pages for the shards first (one backfill: one join)", allow_retries=False)
     if paths:
         context.log.warning(f"{shard}: no shard_pages table; scanning {len(paths)} archives in this run")
-    return build_page_index(paths, set(wanted), source.open), "archive_scan" if paths else "none", len(paths)
+    return build_page_index(paths, wanted, source.open), "archive_scan" if paths else "none", len(paths)
 
 
 def _wanted_pages(lines) -> dict[str, tuple[str, str | None]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -306,18 +306,34 @@ def _offset(it: ArchiveIterator) -> int | None:
     return int(offset) if isinstance(offset, int) else None
 
 
-def build_page_index(archives: Iterable[str], wanted: set[str],
+def capture_rank(page: PageRecord, c4_time: datetime | None, order: int) -> tuple:
+    """The join's capture rule (``pages/join.py``): HTML 200 first, then closest to the C4
+    timestamp, then archive order and offset."""
+    preferred = page.status == 200 and "html" in (page.mime or "")
+    if page.capture_time is not None and c4_time is not None:
+        distance = abs((page.capture_time - c4_time).total_seconds())
+    else:
+        distance = float(2**62)
+    return (not preferred, distance, order, page.offset if page.offset is not None else -1)
+
+
+def build_page_index(archives: Iterable[str], wanted: Iterable[str] | Mapping[str, Any],
                      opener: Callable[[str], BinaryIO]) -> dict[str, PageRecord]:
-    """Page records for the normalized URLs in ``wanted``; the first record of a URL wins.
+    """Page records for the normalized URLs in ``wanted`` (a set, or ``{key: (url, c4 timestamp)}``),
+    one per URL by the join's capture rule.
 
     Reads every archive: fine for a handful of files (tests, one-off lookups); a crawl goes
     through the ``page_records`` assets and the Dask join (``pages/join.py``) instead.
     """
-    index: dict[str, PageRecord] = {}
-    for path in archives:
+    times = ({k: parse_time(v[1] if isinstance(v, tuple) else v) for k, v in wanted.items()}
+             if isinstance(wanted, Mapping) else dict.fromkeys(wanted))
+    index: dict[str, tuple[tuple, PageRecord]] = {}
+    for order, path in enumerate(archives):
         with opener(path) as stream:
             for page in iter_page_records(stream, path):
                 key = normalize_url(page.url)
-                if key in wanted and key not in index:
-                    index[key] = page
-    return index
+                if key in times:
+                    rank = capture_rank(page, times[key], order)
+                    if key not in index or rank < index[key][0]:
+                        index[key] = (rank, page)
+    return {k: page for k, (_, page) in index.items()}
