@@ -7,6 +7,8 @@ from mmc4_assets.defs.partitions import archives, shards
 from mmc4_assets.defs.resources import ShardSource
 
 STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
+# a shard whose page table was joined again (new archives) is stale too
+UPSTREAM = ("shard_pages", *STAGES[:-1])
 
 mmc4_shard_job = dg.define_asset_job(
     "mmc4_shard_job",
@@ -111,7 +113,7 @@ def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit:
     published = latest.get("published_shards", {})
     out = []
     for key in keys:
-        upstream = max((latest.get(s, {}).get(key, 0) for s in STAGES[:-1]), default=0)
+        upstream = max((latest.get(s, {}).get(key, 0) for s in UPSTREAM), default=0)
         if key not in published:
             out.append((key, "missing", upstream))
         elif upstream > published[key]:
@@ -129,7 +131,7 @@ def _refresh_schedule(cron: str, max_runs: int) -> dg.ScheduleDefinition:
         instance = context.instance
         keys = instance.get_dynamic_partitions(shards.name)
         latest = {s: dict(instance.get_latest_storage_id_by_partition(
-            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in STAGES}
+            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in (*STAGES, "shard_pages")}
         todo = shards_to_refresh(keys, latest, max_runs)
         if not todo:
             return dg.SkipReason(f"all {len(keys)} shards published and fresh")
