@@ -1,10 +1,12 @@
+import gzip
+
 import dagster as dg
 import polars as pl
 
 from mmc4_assets.defs.common import config_hash, latest_metadata, stats_metadata
 from mmc4_assets.defs.partitions import ARCHIVE_BACKFILL, archives
 from mmc4_assets.defs.resources import ShardSource, StorageResource
-from mmc4_assets.pages.archives import ArchiveReadError
+from mmc4_assets.pages.archives import ARCHIVE_ERROR, ArchiveReadError
 from mmc4_assets.pages.page_table import PAGE_RECORDS_TABLE, write_page_records
 from mmc4_assets.stats import StepStats
 
@@ -25,6 +27,16 @@ def page_records(context: dg.AssetExecutionContext, source: ShardSource,
         raise ArchiveReadError(path, f"cannot open: {type(exc).__name__}: {exc}") from exc
     with stats.timer("read"), stream:
         stats, progress, rows = write_page_records(store, key, stream, path, stats)
+    recovered = ""
+    if progress.error == f"{ARCHIVE_ERROR}_non_chunked_gzip":
+        # one gzip stream around all records (not one member per record): warcio's own advice is
+        # to read it decompressed; offsets are then positions in the decompressed stream
+        again = StepStats()
+        with source.open(path) as raw, gzip.open(raw) as whole:
+            again, retry, again_rows = write_page_records(store, key, whole, path, again)
+        if retry.error is None:
+            stats, progress, rows, recovered = again, retry, again_rows, "non_chunked_gzip_read_whole"
+            context.log.warning(f"{path}: not a per-record gzip; read as one gzip stream ({rows} pages)")
     if progress.error:
         context.log.warning(f"{path}: read stopped at byte {progress.error_offset} after {progress.records} "
                             f"records ({progress.error}); the {rows} pages before it are kept")
@@ -36,6 +48,7 @@ def page_records(context: dg.AssetExecutionContext, source: ShardSource,
         "archive_error": progress.error or "",
         "archive_error_offset": progress.error_offset if progress.error_offset is not None else -1,
         "archive_error_detail": progress.error_detail or "",
+        "archive_recovered": recovered,
         "config_hash": config_hash({"parser": "warcio", "code_version": "1"}),
         "path": dg.MetadataValue.path(store.uri("tables", PAGE_RECORDS_TABLE, f"{key}.parquet")),
     })
