@@ -148,6 +148,7 @@ def run_dask(root: Path) -> dict:
             with open(path, "rb") as fh:
                 write_page_records(store, path.name.split(".")[0], fh, str(path))
         t1 = time.perf_counter()
+        cpu1 = sampler.tree_cpu_s
         with dask_client(EngineSettings(n_workers=2, threads_per_worker=1, memory_limit="1GiB")) as client:
             t_start = time.perf_counter()
             report = join_shard_pages(
@@ -156,10 +157,12 @@ def run_dask(root: Path) -> dict:
                  for p in archives], Location(store.uri()))
             t_join = time.perf_counter()
         t2 = time.perf_counter()
-        per_shard = []
+        time.sleep(0.2)   # one more sample of the (now gone) workers' CPU
+        join_cpu = sampler.tree_cpu_s - cpu1
+        per_shard, per_shard_cpu = [], []
         for p in shard_files:
             shard = p.name.split(".json")[0]
-            s0 = time.perf_counter()
+            s0, c0 = time.perf_counter(), time.process_time()
             pages = pages_from_rows(store.read_table(SHARD_PAGES_TABLE, shard).iter_rows(named=True))
             docs, imgs, quarantine = StepStats(), StepStats(), []
             with store.table_writer("raw_c4", shard, {"doc_id": pl.String, "image_urls": pl.List(pl.String)}) as w, \
@@ -168,9 +171,11 @@ def run_dask(root: Path) -> dict:
                                          quarantine.append):
                     w.append({"doc_id": row["doc_id"], "image_urls": row["image_urls"]})
             per_shard.append(time.perf_counter() - s0)
+            per_shard_cpu.append(time.process_time() - c0)
         t3 = time.perf_counter()
     out.update(page_records_s=t1 - t0, cluster_start_s=t_start - t1, join_s=t_join - t_start,
                raw_c4_s=t3 - t2, raw_c4_per_shard_ms=1000 * sum(per_shard) / len(per_shard),
+               raw_c4_cpu_per_shard_ms=1000 * sum(per_shard_cpu) / len(per_shard_cpu), join_cpu_s=join_cpu,
                pages_matched=report.pages, peak_tree_rss_mb=sampler.peak / 2**20, tree_cpu_s=sampler.tree_cpu_s,
                archive_mb=sum(p.stat().st_size for p in archives) / 2**20)
     return out
@@ -188,6 +193,7 @@ def run_spark(root: Path) -> dict:
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     with TreeSampler() as sampler:
         t0 = time.perf_counter()
+        cpu0 = sampler.tree_cpu_s
         spark = (SparkSession.builder.master("local[2]").appName("page-join-bench")
                  .config("spark.sql.shuffle.partitions", "8").config("spark.ui.enabled", "false")
                  .config("spark.driver.memory", "1g").getOrCreate())
@@ -213,7 +219,9 @@ def run_spark(root: Path) -> dict:
         t2 = time.perf_counter()
         matched = spark.read.parquet(str(root / "spark_out")).count()
         spark.stop()
-    return {"session_start_s": t1 - t0, "join_s": t2 - t1, "pages_matched": matched,
+        time.sleep(0.5)   # one more sample of the JVM's CPU
+        join_cpu = sampler.tree_cpu_s - cpu0
+    return {"session_start_s": t1 - t0, "join_s": t2 - t1, "pages_matched": matched, "join_cpu_s": join_cpu,
             "peak_tree_rss_mb": sampler.peak / 2**20, "tree_cpu_s": sampler.tree_cpu_s}
 
 
@@ -290,18 +298,20 @@ def main() -> None:
 
     print("\nDask (the pipeline: page_records per archive + one shard_pages join + raw_c4 per shard)")
     print(f"{'A':>3} {'S':>3} {'archive MB':>10} {'CPU s':>7} {'wall s':>7} {'peak RSS MB':>11} "
-          f"{'read s':>7} {'start s':>7} {'join s':>7} {'raw_c4 ms/shard':>15} {'pages':>6}")
+          f"{'read s':>7} {'join CPU s':>10} {'join wall s':>11} {'raw_c4/shard CPU ms':>19} {'wall ms':>7} {'pages':>6}")
     for (a, s), d, _ in rows:
         print(f"{a:>3} {s:>3} {d['archive_mb']:>10.1f} {d['cpu_s']:>7.1f} {d['wall_s']:>7.1f} "
-              f"{d['peak_tree_rss_mb']:>11.0f} {d['page_records_s']:>7.2f} {d['cluster_start_s']:>7.2f} "
-              f"{d['join_s']:>7.2f} {d['raw_c4_per_shard_ms']:>15.1f} {d['pages_matched']:>6}")
+              f"{d['peak_tree_rss_mb']:>11.0f} {d['page_records_s']:>7.2f} {d['join_cpu_s']:>10.1f} "
+              f"{d['cluster_start_s'] + d['join_s']:>11.2f} {d['raw_c4_cpu_per_shard_ms']:>19.1f} "
+              f"{d['raw_c4_per_shard_ms']:>7.1f} {d['pages_matched']:>6}")
     if args.spark:
         print("\nSpark prototype (local[2]; the same join of the same page records and shards)")
-        print(f"{'A':>3} {'S':>3} {'CPU s':>7} {'wall s':>7} {'peak RSS MB':>11} {'start s':>7} {'join s':>7} "
-              f"{'pages':>6}   Dask join: {'CPU s':>5}")
+        print(f"{'A':>3} {'S':>3} {'join CPU s':>10} {'join wall s':>11} {'peak RSS MB':>11} {'of it start s':>13} "
+              f"{'pages':>6} | Dask: {'join CPU s':>10} {'join wall s':>11} {'peak RSS MB':>11}")
         for (a, s), d, sp in rows:
-            print(f"{a:>3} {s:>3} {sp['cpu_s']:>7.1f} {sp['wall_s']:>7.1f} {sp['peak_tree_rss_mb']:>11.0f} "
-                  f"{sp['session_start_s']:>7.2f} {sp['join_s']:>7.2f} {sp['pages_matched']:>6}")
+            print(f"{a:>3} {s:>3} {sp['join_cpu_s']:>10.1f} {sp['session_start_s'] + sp['join_s']:>11.2f} "
+                  f"{sp['peak_tree_rss_mb']:>11.0f} {sp['session_start_s']:>13.2f} {sp['pages_matched']:>6} | "
+                  f"{d['join_cpu_s']:>16.1f} {d['cluster_start_s'] + d['join_s']:>11.2f} {d['peak_tree_rss_mb']:>11.0f}")
     if baseline:
         print("\nBefore (every shard scans every archive)")
         print(f"{'A':>3} {'S':>3} {'CPU s':>7} {'wall s':>7} {'peak RSS MB':>11} {'raw_c4 ms/shard':>15}")
