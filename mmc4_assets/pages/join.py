@@ -72,7 +72,6 @@ class JoinReport:
 
     per_shard: dict[str, dict[str, int]]
     page_tables: int
-    docs_urls: int = 0
 
     @property
     def pages(self) -> int:
