@@ -121,3 +121,16 @@ def test_archives_cli_adds_lists_and_refuses_bad_keys(dagster_home, capsys):
     assert capsys.readouterr().out.split() == ["seg~warc~a.warc.gz", "b.wat.gz"]
     with pytest.raises(ValueError, match="invalid archive key"):
         archives_main(["add", "..~x.warc.gz"])
+
+
+def test_the_join_refuses_to_run_without_any_page_records(tmp_path):
+    from mmc4_assets.defs.resources import sample_resources
+    from mmc4_assets.defs.shard_pages import shard_pages
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(shards.name, ["c4-sample.00000-of-00001"])
+    result = dg.materialize([shard_pages], partition_key="c4-sample.00000-of-00001", instance=instance,
+                            resources=sample_resources(str(tmp_path)), raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "no page records to join" in failure and not (tmp_path / "tables" / "shard_pages").exists()

@@ -45,6 +45,10 @@ def new_shard_keys(listed: list[str], known: set[str], limit: int) -> list[str]:
     return [k for k in listed if k not in known][:limit]
 
 
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
 def join_range_request(keys: list[str]) -> dg.RunRequest:
     """One shard_pages run over a contiguous range of new shard keys (one Dask join for all)."""
     return dg.RunRequest(job_name="shard_pages_job", run_key=f"join:{keys[0]}:{keys[-1]}:{len(keys)}",
@@ -77,6 +81,10 @@ def shard_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSou
     joined = instance.get_materialized_partitions(dg.AssetKey("shard_pages"))
     started = instance.get_materialized_partitions(dg.AssetKey("raw_c4"))
     ready = [k for k in known_list if k in joined and k not in started][:limit]
+    # the join reads the archives' page records as they are: wait while archives are being read
+    reading = instance.get_runs_count(dg.RunsFilter(job_name="page_records_job", statuses=IN_FLIGHT))
+    if new and reading:
+        return dg.SensorResult(skip_reason=f"{len(new)} new shards wait for {reading} archive runs to finish")
     requests = [join_range_request(new)] if new else []
     requests += [dg.RunRequest(job_name="mmc4_shard_job", partition_key=k, run_key=f"shard:{k}") for k in ready]
     if not requests:

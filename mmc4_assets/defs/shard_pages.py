@@ -35,6 +35,11 @@ def shard_pages(context: dg.AssetExecutionContext, source: ShardSource, storage:
         from mmc4_assets.pages.cc_columnar import ColumnarIndex
 
         cc = ColumnarIndex.from_config(source.common_crawl)
+    if not tables and cc is None:
+        # joining nothing would write empty page tables and raw_c4 would find no page at all
+        raise dg.Failure("no page records to join: register the archives (mmc4-archives discover or "
+                         "archive_discovery_sensor) and materialize page_records first, or configure "
+                         "common_crawl.columnar_index", allow_retries=False)
     context.log.info(f"joining {len(keys)} shards with {len(tables)} archives' page records"
                      + (f" and {len(cc.files)} columnar index files" if cc else ""))
     with dask_client(dask.settings()) as client:
