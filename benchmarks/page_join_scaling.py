@@ -40,8 +40,7 @@ import time
 from pathlib import Path
 
 SIZES = [(10, 10), (20, 20), (40, 40)]
-WORDS = ("river light garden stone coffee market bread winter harbor forest paper window music "
-         "mountain street kitchen letter summer field station").split()
+WORDS = ["river", "light", "garden", "stone", "coffee", "market", "bread", "winter", "harbor", "forest", "paper", "window", "music", "mountain", "street", "kitchen", "letter", "summer", "field", "station"]
 
 
 def page_url(archive: int, i: int) -> str:
@@ -131,8 +130,12 @@ def run_dask(root: Path) -> dict:
 
     from mmc4_assets.engine import EngineSettings, dask_client
     from mmc4_assets.pages.join import Location, join_shard_pages
-    from mmc4_assets.pages.page_table import PAGE_RECORDS_TABLE, SHARD_PAGES_TABLE, pages_from_rows, \
-        write_page_records
+    from mmc4_assets.pages.page_table import (
+        PAGE_RECORDS_TABLE,
+        SHARD_PAGES_TABLE,
+        pages_from_rows,
+        write_page_records,
+    )
     from mmc4_assets.pages.raw_docs import document_rows, iter_c4_lines
     from mmc4_assets.stats import StepStats
     from mmc4_assets.storage import ShardStore

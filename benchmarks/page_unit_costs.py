@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from page_join_scaling import WORDS, build, html, page_url  # noqa: E402
+from page_join_scaling import WORDS, build, page_url
 
 
 def cpu() -> float:
@@ -54,7 +54,11 @@ def wat_archive(path: Path, pages: int) -> int:
 def main() -> None:
     from mmc4_assets.engine import EngineSettings, dask_client
     from mmc4_assets.pages.join import Location, join_shard_pages
-    from mmc4_assets.pages.page_table import SHARD_PAGES_TABLE, pages_from_rows, write_page_records
+    from mmc4_assets.pages.page_table import (
+        SHARD_PAGES_TABLE,
+        pages_from_rows,
+        write_page_records,
+    )
     from mmc4_assets.pages.raw_docs import document_rows, iter_c4_lines
     from mmc4_assets.stats import StepStats
     from mmc4_assets.storage import ShardStore

@@ -20,7 +20,11 @@ from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import ShardSource, sample_resources
 from mmc4_assets.defs.shard_pages import shard_pages
 from mmc4_assets.pages.archive_keys import archive_key, archive_relpath
-from mmc4_assets.pages.archives import ArchiveProgress, ArchiveReadError, iter_page_records
+from mmc4_assets.pages.archives import (
+    ArchiveProgress,
+    ArchiveReadError,
+    iter_page_records,
+)
 from mmc4_assets.sample.server import sample_page_archives
 from mmc4_assets.stats import StepStats
 from mmc4_assets.storage import ShardStore

@@ -20,7 +20,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -84,7 +84,7 @@ def parse_time(value: str | None) -> datetime | None:
             parsed = datetime.strptime(digits[:14], "%Y%m%d%H%M%S")
         except ValueError:
             return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _usable(src: str | None) -> bool:
@@ -278,7 +278,7 @@ def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats 
             record = next(records)
         except StopIteration:
             return
-        except Exception as exc:  # warcio's own iteration: a bad gzip member, header or format
+        except Exception as exc:  # warcio's own iteration: a bad gzip member, header or format  # noqa: BLE001
             kind = error_kind(exc)
             progress.error, progress.error_detail = f"{ARCHIVE_ERROR}_{kind}", str(exc).strip()[:300]
             progress.error_offset = _offset(it)
@@ -290,7 +290,7 @@ def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats 
         offset = _offset(it)
         try:
             page = _record_page(record, offset, stats)
-        except Exception as exc:  # one corrupt record must not lose the rest of the archive
+        except Exception as exc:  # one corrupt record must not lose the rest of the archive  # noqa: BLE001
             stats.drop("record_error")
             log.warning("skipping unreadable %s record at %s in %s: %s", record.rec_type, offset,
                         source_name, type(exc).__name__)

@@ -114,7 +114,7 @@ class ColumnarIndex:
                         fh.seek(offset)
                         data = fh.read(length)
                         page = next(iter_page_records(io.BytesIO(data), name), None)
-                    except Exception as exc:  # one bad capture, not the task
+                    except Exception as exc:  # one bad capture, not the task  # noqa: BLE001
                         log.warning("unreadable record %s@%s: %s", name, offset, type(exc).__name__)
                         continue
                     if page is None:

@@ -33,7 +33,11 @@ import polars as pl
 import pyarrow as pa
 
 from mmc4_assets.pages.archives import normalize_url, parse_time
-from mmc4_assets.pages.page_table import PAGE_RECORDS_SCHEMA, SHARD_PAGES_SCHEMA, SHARD_PAGES_TABLE
+from mmc4_assets.pages.page_table import (
+    PAGE_RECORDS_SCHEMA,
+    SHARD_PAGES_SCHEMA,
+    SHARD_PAGES_TABLE,
+)
 from mmc4_assets.pages.raw_docs import iter_c4_lines
 from mmc4_assets.storage import ShardStore
 

@@ -13,7 +13,12 @@ from typing import BinaryIO
 
 import polars as pl
 
-from mmc4_assets.pages.archives import ArchiveProgress, PageRecord, iter_page_records, normalize_url
+from mmc4_assets.pages.archives import (
+    ArchiveProgress,
+    PageRecord,
+    iter_page_records,
+    normalize_url,
+)
 from mmc4_assets.stats import StepStats
 
 PAGE_RECORDS_TABLE = "page_records"
