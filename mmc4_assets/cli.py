@@ -1,4 +1,4 @@
-"""Command-line entry points: run the bundled sample, manage shard partitions."""
+"""Command-line entry points: run the bundled sample, manage shard and archive partitions."""
 
 from __future__ import annotations
 
@@ -42,27 +42,37 @@ def sample_main(argv: list[str] | None = None) -> int:
     from mmc4_assets.publish.mmc4_format import shard_filename
     from mmc4_assets.storage import open_store
 
+    from mmc4_assets.defs.partitions import archives
+
     instance = _instance()
     instance.add_dynamic_partitions(shards.name, [SAMPLE_SHARD])
     started = time.perf_counter()
-    job = defs().resolve_job_def("mmc4_shard_job")
+    d = defs()
     # INFO keeps the stage logs (page records found, progress) without Dagster's step-event DEBUG lines
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    # the page stages first, as a deployment runs them: each archive read once, then the join
+    archive_keys = list(d.resources["source"].process_config_and_initialize().archive_keys())
+    instance.add_dynamic_partitions(archives.name, archive_keys)
+    results = [d.resolve_job_def("page_records_job").execute_in_process(
+        instance=instance, partition_key=key, run_config=run_config, raise_on_error=False) for key in archive_keys]
+    results.append(d.resolve_job_def("shard_pages_job").execute_in_process(
+        instance=instance, partition_key=SAMPLE_SHARD, run_config=run_config, raise_on_error=False))
+    job = d.resolve_job_def("mmc4_shard_job")
     result = job.execute_in_process(instance=instance, partition_key=SAMPLE_SHARD, run_config=run_config,
-                                    raise_on_error=False)
+                                    raise_on_error=False) if all(r.success for r in results) else results[-1]
     elapsed = time.perf_counter() - started
-    if not result.success:
+    if not all(r.success for r in results) or not result.success:
         print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dg dev` or the log above",
               file=sys.stderr)
         return 1
     print(f"\nsample run {result.run_id} succeeded in {elapsed:.1f}s")
-    for mat in result.get_asset_materialization_events():
+    for mat in [m for r in [*results, result] for m in r.get_asset_materialization_events()]:
         md = mat.step_materialization_data.materialization.metadata
         key = mat.asset_key.to_user_string()
-        counts = ", ".join(f"{k}={md[k].value}" for k in ("num_docs", "num_candidates", "num_ok", "num_images")
-                           if k in md)
+        counts = ", ".join(f"{k}={md[k].value}" for k in ("num_docs", "num_candidates", "num_ok", "num_images",
+                                                          "num_records", "num_pages") if k in md)
         print(f"  {key:18s} {counts}")
-    for check in result.get_asset_check_evaluations():
+    for check in [c for r in [*results, result] for c in r.get_asset_check_evaluations()]:
         print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
     store = open_store()  # the root and MMC4_S3_* settings the run's resources used
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")
@@ -114,4 +124,47 @@ def shards_main(argv: list[str] | None = None) -> int:
     if new:
         instance.add_dynamic_partitions(shards.name, new)
     print(f"registered {len(new)} new shard partitions ({len(known) + len(new)} total) from {source.shards_root}")
+    return 0
+
+
+def archives_main(argv: list[str] | None = None) -> int:
+    """List, add or discover page-archive partitions (one per WARC/WAT file) in the Dagster instance.
+
+    A key is the file's path relative to the directory part of the page_archives pattern that
+    finds it, with "/" written as "~" (see docs/pages.md); `path KEY` prints the file of a key.
+    """
+    parser = argparse.ArgumentParser(prog="mmc4-archives", description=archives_main.__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="registered archive partitions")
+    add = sub.add_parser("add", help="register archive keys by hand")
+    add.add_argument("keys", nargs="+")
+    sub.add_parser("discover", help="register every file the configured page_archives patterns match")
+    path = sub.add_parser("path", help="the file an archive key names")
+    path.add_argument("key")
+    args = parser.parse_args(argv)
+
+    from mmc4_assets.defs.partitions import archives
+    from mmc4_assets.pages.archive_keys import archive_relpath
+
+    instance = _instance()
+    known = instance.get_dynamic_partitions(archives.name)
+    if args.cmd == "list":
+        print("\n".join(known))
+        return 0
+    if args.cmd in ("discover", "path"):
+        from mmc4_assets.definitions import defs
+
+        source = defs().resources["source"].process_config_and_initialize()
+        if args.cmd == "path":
+            print(source.archive_path(args.key))
+            return 0
+        keys = list(source.archive_keys())
+    else:
+        keys = args.keys
+        for key in keys:
+            archive_relpath(key)   # refuses keys that are not archive keys (ValueError names it)
+    new = [k for k in keys if k not in set(known)]
+    if new:
+        instance.add_dynamic_partitions(archives.name, new)
+    print(f"registered {len(new)} new archive partitions ({len(known) + len(new)} total)")
     return 0

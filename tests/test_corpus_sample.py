@@ -40,6 +40,9 @@ def sample_run(tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, [SHARD])
     result = dg.materialize([*d.assets, *d.asset_checks], partition_key=SHARD, instance=instance,
+                          # the page stages (archive partitions, the join) are not in this run:
+                          # raw_c4 scans the sample's two archives itself
+                          selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
                             resources={**sample_resources(str(root)), "classifiers": classifiers},
                             raise_on_error=False)
     return root, result

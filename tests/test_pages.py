@@ -118,3 +118,24 @@ def test_truncated_gzip_ends_the_shard_without_losing_earlier_lines():
     parsed = list(iter_c4_lines(io.BytesIO(data[: len(data) // 2])))
     assert parsed[-1].error == "truncated_source"
     assert all(p.error is None for p in parsed[:-1]) and len(parsed) > 1
+
+
+def test_page_index_picks_the_capture_closest_to_the_c4_time_html_200_first(tmp_path):
+    def capture(date, status="200 OK", img="x.jpg"):
+        buf = io.BytesIO()
+        writer = WARCWriter(buf, gzip=True)
+        http = StatusAndHeaders(status, [("Content-Type", "text/html")], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record(
+            "https://site.test/post", "response", payload=io.BytesIO(f'<img src="{img}">'.encode()),
+            http_headers=http, warc_headers_dict={"WARC-Date": date}))
+        return buf.getvalue()
+
+    paths = []
+    for i, data in enumerate([capture("2019-01-01T00:00:00Z", img="far.jpg"),
+                              capture("2019-04-25T00:00:00Z", status="404 Not Found", img="404.jpg"),
+                              capture("2019-04-20T00:00:00Z", img="near.jpg")]):
+        paths.append(tmp_path / f"{i}.warc.gz")
+        paths[-1].write_bytes(data)
+    wanted = {"https://site.test/post": ("https://site.test/post", "2019-04-25T12:00:00Z")}
+    index = build_page_index([str(p) for p in paths], wanted, lambda p: open(p, "rb"))
+    assert index["https://site.test/post"].image_urls == ("https://site.test/near.jpg",)

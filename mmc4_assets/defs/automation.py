@@ -2,19 +2,40 @@ import os
 
 import dagster as dg
 
-from mmc4_assets.defs.partitions import shards
+from mmc4_assets.defs.page_records import PAGES_GROUP
+from mmc4_assets.defs.partitions import archives, shards
 from mmc4_assets.defs.resources import ShardSource
 
 STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
+# a shard whose page table was joined again (new archives) is stale too
+UPSTREAM = ("shard_pages", *STAGES[:-1])
 
 mmc4_shard_job = dg.define_asset_job(
     "mmc4_shard_job",
-    # by lineage, not group: the stages, their side assets and the corpus state publishing reads
-    selection=dg.AssetSelection.assets("published_shards").upstream(),
+    # by lineage, not group: the stages, their side assets and the corpus state publishing reads;
+    # not the page join (one run joins many shards: see shard_pages_job) nor the archives
+    selection=dg.AssetSelection.assets("published_shards").upstream() - dg.AssetSelection.groups(PAGES_GROUP),
     partitions_def=shards,
     description="All MMC4 stages and their checks for one shard.",
     # a run that dies with its process (OOM, preempted node) is retried by the daemon
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
+)
+
+
+page_records_job = dg.define_asset_job(
+    "page_records_job",
+    selection=dg.AssetSelection.assets("page_records"),
+    partitions_def=archives,
+    description="Read one page archive (WARC/WAT) once into its page_records table.",
+    tags={"dagster/max_retries": "1", "dagster/retry_strategy": "FROM_FAILURE"},
+)
+
+shard_pages_job = dg.define_asset_job(
+    "shard_pages_job",
+    selection=dg.AssetSelection.assets("shard_pages"),
+    partitions_def=shards,
+    description="Join the URLs of the run's shards with every archive's page records (one Dask join for "
+                "a range of shards).",
 )
 
 
@@ -26,20 +47,77 @@ def new_shard_keys(listed: list[str], known: set[str], limit: int) -> list[str]:
     return [k for k in listed if k not in known][:limit]
 
 
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
+def join_range_request(keys: list[str]) -> dg.RunRequest:
+    """One shard_pages run over a contiguous range of new shard keys (one Dask join for all)."""
+    return dg.RunRequest(job_name="shard_pages_job", run_key=f"join:{keys[0]}:{keys[-1]}:{len(keys)}",
+                         tags={"dagster/asset_partition_range_start": keys[0],
+                               "dagster/asset_partition_range_end": keys[-1]})
+
+
 # STOPPED by default: turning it on starts runs for every file under the source root
-@dg.sensor(job=mmc4_shard_job, minimum_interval_seconds=300,
+@dg.sensor(jobs=[mmc4_shard_job, shard_pages_job], minimum_interval_seconds=300,
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="Every 5 min: registers new {key}.json.gz files under the source root as shard "
-                       "partitions and runs mmc4_shard_job for each (at most 500 per tick). Off by default.")
+                       "partitions (at most 500 per tick); with page archives or a columnar index, one "
+                       "shard_pages run joins the new shards, then mmc4_shard_job runs each joined shard. "
+                       "Off by default.")
 def shard_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSource) -> dg.SensorResult:
-    """Registers new *.json.gz files under the source root as shard partitions and runs them."""
-    known = set(context.instance.get_dynamic_partitions(shards.name))
-    new = new_shard_keys(source.list_shards(), known, ShardDiscoveryConfig().max_new_per_tick)
+    """Registers new *.json.gz files under the source root as shard partitions; with page archives
+    or a columnar index, one shard_pages run joins the new shards first, and each shard's MMC4 run
+    is requested once its page table exists."""
+    instance = context.instance
+    known_list = instance.get_dynamic_partitions(shards.name)
+    known = set(known_list)
+    limit = ShardDiscoveryConfig().max_new_per_tick
+    new = new_shard_keys(source.list_shards(), known, limit)
+    needs_join = bool(instance.get_dynamic_partitions(archives.name)) or bool(
+        source.common_crawl is not None and source.common_crawl.columnar_index)
+    if not needs_join:
+        if not new:
+            return dg.SensorResult(skip_reason=f"no new shards ({len(known)} known)")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(job_name="mmc4_shard_job", partition_key=k, run_key=f"shard:{k}")
+                          for k in new],
+            dynamic_partitions_requests=[shards.build_add_request(new)],
+        )
+    # shards whose page table is in and whose MMC4 run was never requested (run keys dedupe repeats)
+    joined = instance.get_materialized_partitions(dg.AssetKey("shard_pages"))
+    started = instance.get_materialized_partitions(dg.AssetKey("raw_c4"))
+    ready = [k for k in known_list if k in joined and k not in started][:limit]
+    # the join reads the archives' page records as they are: wait while archives are being read
+    reading = instance.get_runs_count(dg.RunsFilter(job_name="page_records_job", statuses=IN_FLIGHT))
+    if new and reading:
+        return dg.SensorResult(skip_reason=f"{len(new)} new shards wait for {reading} archive runs to finish")
+    requests = [join_range_request(new)] if new else []
+    requests += [dg.RunRequest(job_name="mmc4_shard_job", partition_key=k, run_key=f"shard:{k}") for k in ready]
+    if not requests:
+        return dg.SensorResult(skip_reason=f"no new or newly joined shards ({len(known)} known)")
+    return dg.SensorResult(run_requests=requests,
+                           dynamic_partitions_requests=[shards.build_add_request(new)] if new else [])
+
+
+class ArchiveDiscoveryConfig(dg.Config):
+    max_new_per_tick: int = 1000
+
+
+# STOPPED by default: turning it on reads every archive the page_archives patterns match
+@dg.sensor(job=page_records_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Every 10 min: registers new WARC/WAT files matched by page_archives as archive "
+                       "partitions and reads each once (page_records_job, at most 1,000 per tick). Off by default.")
+def archive_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSource) -> dg.SensorResult:
+    """Registers new WARC/WAT files matched by the source's page_archives patterns as archive
+    partitions, and reads each once (page_records)."""
+    known = set(context.instance.get_dynamic_partitions(archives.name))
+    new = [k for k in source.archive_keys() if k not in known][:ArchiveDiscoveryConfig().max_new_per_tick]
     if not new:
-        return dg.SensorResult(skip_reason=f"no new shards ({len(known)} known)")
+        return dg.SensorResult(skip_reason=f"no new archives ({len(known)} known)")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"shard:{k}") for k in new],
-        dynamic_partitions_requests=[shards.build_add_request(new)],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=f"archive:{k}") for k in new],
+        dynamic_partitions_requests=[archives.build_add_request(new)],
     )
 
 
@@ -53,7 +131,7 @@ def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit:
     published = latest.get("published_shards", {})
     out = []
     for key in keys:
-        upstream = max((latest.get(s, {}).get(key, 0) for s in STAGES[:-1]), default=0)
+        upstream = max((latest.get(s, {}).get(key, 0) for s in UPSTREAM), default=0)
         if key not in published:
             out.append((key, "missing", upstream))
         elif upstream > published[key]:
@@ -74,7 +152,7 @@ def _refresh_schedule(cron: str, max_runs: int) -> dg.ScheduleDefinition:
         instance = context.instance
         keys = instance.get_dynamic_partitions(shards.name)
         latest = {s: dict(instance.get_latest_storage_id_by_partition(
-            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in STAGES}
+            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in (*STAGES, "shard_pages")}
         todo = shards_to_refresh(keys, latest, max_runs)
         if not todo:
             return dg.SkipReason(f"all {len(keys)} shards published and fresh")
@@ -90,5 +168,6 @@ def schedules() -> dg.Definitions:
     cron = os.environ.get("MMC4_REFRESH_CRON", "0 * * * *")
     max_runs = int(os.environ.get("MMC4_REFRESH_MAX_RUNS", "20"))
     # a module with a @dg.definitions function contributes only what that function returns
-    return dg.Definitions(jobs=[mmc4_shard_job], sensors=[shard_discovery_sensor],
+    return dg.Definitions(jobs=[mmc4_shard_job, page_records_job, shard_pages_job],
+                          sensors=[shard_discovery_sensor, archive_discovery_sensor],
                           schedules=[_refresh_schedule(cron, max_runs)])

@@ -21,6 +21,7 @@ import dagster as dg
 from mmc4_assets.dedup.corpus_state import read_affected
 from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts
+from mmc4_assets.defs.page_records import PAGES_GROUP
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.published_shards import published_shards
 from mmc4_assets.defs.resources import StorageResource
@@ -37,7 +38,7 @@ mmc4_publish_job = dg.define_asset_job(
 mmc4_prepare_job = dg.define_asset_job(
     "mmc4_prepare_job",
     selection=dg.AssetSelection.assets(published_shards).upstream() - dg.AssetSelection.assets(
-        published_shards, corpus_image_counts, corpus_doc_index),
+        published_shards, corpus_image_counts, corpus_doc_index) - dg.AssetSelection.groups(PAGES_GROUP),
     partitions_def=shards,
     description="Two-pass mode, pass 1: every per-shard stage and corpus contribution, nothing published.")
 

@@ -8,8 +8,10 @@ from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_met
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
+from mmc4_assets.defs.shard_pages import shard_pages
 from mmc4_assets.pages.archives import PageRecord, build_page_index, normalize_url
 from mmc4_assets.pages.cc_index import CommonCrawlPages, Lookup
+from mmc4_assets.pages.page_table import SHARD_PAGES_TABLE, pages_from_rows
 from mmc4_assets.pages.raw_docs import MAX_DOC_CHARS, document_rows, iter_c4_lines
 from mmc4_assets.quality.rules import raw_c4_rules
 from mmc4_assets.quality import suites
@@ -40,7 +42,7 @@ class RawC4Config(dg.Config):
 
 
 @dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
-          tags={"mmc4/stage": "parse"})
+          tags={"mmc4/stage": "parse"}, deps=[shard_pages])
 def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: ShardSource,
            storage: StorageResource) -> dg.MaterializeResult:
     """C4 documents of one shard split into text_list, with their page's candidate image URLs."""
@@ -53,10 +55,9 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
     with doc_stats.timer("page_index"):
         with source.open(str(path)) as fh:   # first streaming pass: the URLs (and times) we need
             wanted = _wanted_pages(iter_c4_lines(fh))
-        archives = source.archive_paths()
-        pages = build_page_index(archives, set(wanted), source.open)
-    context.log.info(f"{shard}: {len(pages)} of {len(wanted)} page URLs found in {len(archives)} archives")
-    if source.common_crawl is not None:
+        pages, lookup, archives = _shard_page_table(context, store, shard, source, wanted)
+    context.log.info(f"{shard}: {len(pages)} of {len(wanted)} page URLs found ({lookup})")
+    if source.common_crawl is not None and source.common_crawl.uses_cdx():
         missing = {k: v for k, v in wanted.items() if k not in pages}
         with doc_stats.timer("common_crawl"):
             pages.update(_common_crawl_pages(context, store, shard, missing, source, cc_stats))
@@ -78,14 +79,37 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
         **stats_metadata(doc_stats, "docs", "documents"),
         **stats_metadata(image_stats, "image_urls", "image URLs"),
         "page_records_found": len(pages),
-        "page_archives": len(archives),
+        "page_lookup": lookup,
+        "page_archives": archives,
         **(stats_metadata(cc_stats, "cc_pages", "Common Crawl lookups")
-           if source.common_crawl is not None else {}),
+           if source.common_crawl is not None and source.common_crawl.uses_cdx() else {}),
         # the Common Crawl settings shape which pages are found: part of the hash when used
         "config_hash": config_hash(config, *([source.common_crawl.model_dump()]
                                              if source.common_crawl is not None else [])),
         "path": dg.MetadataValue.path(store.uri("tables", "raw_c4", f"{shard}.parquet")),
     })
+
+
+def _shard_page_table(context: dg.AssetExecutionContext, store, shard: str, source: ShardSource,
+                      wanted: dict) -> tuple[dict[str, PageRecord], str, int]:
+    """(pages by URL key, how they were found, archives read here).
+
+    The shard's ``shard_pages`` table (the join's output) when it exists: O(shard). Without
+    it, a run with a handful of archives (the sample, a test) reads them itself; more than
+    ``max_scanned_archives`` would cost archives x shards, so that fails and asks for the join.
+    """
+    if store.has_table(SHARD_PAGES_TABLE, shard):
+        table = store.read_table(SHARD_PAGES_TABLE, shard)
+        return pages_from_rows(table.iter_rows(named=True)), "shard_pages", 0
+    paths = source.archive_paths()
+    if len(paths) > source.max_scanned_archives:
+        raise dg.Failure(
+            f"{shard}: no shard_pages table, and {len(paths)} page archives are too many to scan per shard "
+            f"(max_scanned_archives={source.max_scanned_archives}): materialize page_records for the archives "
+            "and shard_pages for the shards first (one backfill: one join)", allow_retries=False)
+    if paths:
+        context.log.warning(f"{shard}: no shard_pages table; scanning {len(paths)} archives in this run")
+    return build_page_index(paths, wanted, source.open), "archive_scan" if paths else "none", len(paths)
 
 
 def _wanted_pages(lines) -> dict[str, tuple[str, str | None]]:

@@ -65,6 +65,14 @@ class CommonCrawlConfig(dg.Config):
     endpoint_url: str | None = None
     region_name: str | None = "us-east-1"
     concurrency: int = 16          # index lookups and range reads in flight per shard
+    # Common Crawl's columnar URL index (parquet: url, fetch_time, fetch_status,
+    # content_mime_detected, warc_filename, warc_record_offset, warc_record_length), paths or
+    # globs, e.g. s3://commoncrawl/cc-index/table/cc-main/warc/crawl=CC-MAIN-2019-18/subset=warc/*.parquet:
+    # joined with all shards' URLs in one Dask job (shard_pages) instead of one CDX call per URL
+    columnar_index: list[str] = []
+    # per-URL CDX lookups in raw_c4 for URLs still without a page; None: only when no
+    # columnar index is configured (at C4 scale the CDX server cannot take 365M requests)
+    cdx_fallback: bool | None = None
     timeout: float = 30.0
     retries: int = 4               # the public index answers 503 under load: back off and retry
     user_agent: str = "mmc4-assets/0.1 (+https://github.com/mmc4-assets/mmc4-assets)"
@@ -79,6 +87,9 @@ class CommonCrawlConfig(dg.Config):
             concurrency=self.concurrency, timeout=self.timeout, retries=self.retries,
             user_agent=self.user_agent)
 
+    def uses_cdx(self) -> bool:
+        return self.cdx_fallback if self.cdx_fallback is not None else not self.columnar_index
+
 
 class ShardSource(ResourceWithS3Configuration):
     """Where C4-format shards and the page archives (WARC/WAT) of their URLs live.
@@ -91,6 +102,9 @@ class ShardSource(ResourceWithS3Configuration):
     shards_root: str
     page_archives: list[str] = []  # paths or globs of .warc.gz / .wat.gz files
     common_crawl: CommonCrawlConfig | None = None
+    # raw_c4 without a shard_pages table scans the archives itself only when there are at
+    # most this many (the sample, tests); beyond, it fails and asks for the join
+    max_scanned_archives: int = 16
 
     def _options(self, url: str) -> dict[str, Any]:
         return options_for(url, s3_storage_options(self))
@@ -114,21 +128,88 @@ class ShardSource(ResourceWithS3Configuration):
         return self._root() / f"{key}{SHARD_SUFFIX}"
 
     def archive_paths(self) -> list[str]:
-        paths: list[str] = []
+        # fsspec globs without the protocol: _expand puts it back so open() reaches the same store
+        return [path for pattern in self.page_archives for path in self._expand(pattern)]
+
+    def options_for(self, path: str) -> dict[str, Any]:
+        """fsspec options for a path under this source (what Dask workers need to open it)."""
+        return self._options(path)
+
+    def archive_keys(self) -> dict[str, str]:
+        """Archive partition key -> path, for every file the ``page_archives`` patterns find.
+
+        The key is the path relative to its pattern's directory part (``pages/archive_keys.py``).
+        """
+        from mmc4_assets.pages.archive_keys import key_for
+
+        found: dict[str, str] = {}
         for pattern in self.page_archives:
-            if "://" in pattern:
-                fs = UPath(pattern, **self._options(pattern)).fs
-                # fsspec globs without the protocol: put it back so open() reaches the same store
-                paths += sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern)) \
-                    if any(c in pattern for c in "*?[") else [pattern]
-            else:
-                paths += sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        return paths
+            for path in self._expand(pattern):
+                key = key_for(path, pattern)
+                if found.get(key, path) != path:
+                    raise ValueError(f"archive key {key!r} names two files: {found[key]} and {path}; "
+                                     "give their directories separate page_archives patterns")
+                found[key] = path
+        return dict(sorted(found.items()))
+
+    def archive_path(self, key: str) -> str:
+        """The file of an archive partition key (one existence check per pattern, no listing)."""
+        from mmc4_assets.pages.archive_keys import archive_relpath, matches, pattern_root
+
+        rel = archive_relpath(key)
+        for pattern in self.page_archives:
+            root = pattern_root(pattern)
+            path = f"{root}/{rel}" if root else rel
+            if matches(path, pattern) and UPath(path, **self._options(path)).exists():
+                return path
+        raise FileNotFoundError(f"archive partition {key!r}: no file {rel!r} under the page_archives "
+                                f"patterns {self.page_archives}")
+
+    def _expand(self, pattern: str) -> list[str]:
+        if "://" in pattern:
+            fs = UPath(pattern, **self._options(pattern)).fs
+            if any(c in pattern for c in "*?["):
+                fs.invalidate_cache()   # a sensor lists again every tick
+                return sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern))
+            return [pattern]
+        return sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in "*?[") else [pattern]
 
     def open(self, path: str):
         """A streaming binary reader (s3fs reads ahead in blocks; nothing is downloaded whole)."""
         path = str(path)
         return UPath(path, **self._options(path)).open("rb")
+
+
+class DaskEngine(dg.ConfigurableResource):
+    """Where the page join runs: an in-process Dask LocalCluster, or a running scheduler.
+
+    Set ``scheduler_address`` (``MMC4_DASK_SCHEDULER``) to run on a cluster (dask-kubernetes,
+    ``dask scheduler`` on VMs, Coiled); workers then need this package installed and read
+    and write the storage roots themselves (docs/scale.md).
+    """
+
+    scheduler_address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "2GiB"      # per worker: dask spills to disk, then pauses, above it
+    processes: bool = True
+    shuffle_method: str = "p2p"
+
+    def settings(self):
+        from mmc4_assets.engine import EngineSettings
+
+        return EngineSettings(scheduler_address=self.scheduler_address, n_workers=self.n_workers,
+                              threads_per_worker=self.threads_per_worker, memory_limit=self.memory_limit,
+                              processes=self.processes, shuffle_method=self.shuffle_method)
+
+
+def dask_engine_from_env() -> DaskEngine:
+    """``MMC4_DASK_SCHEDULER`` (tcp://host:8786), else a LocalCluster of ``MMC4_DASK_WORKERS``
+    workers of ``MMC4_DASK_MEMORY_LIMIT`` each."""
+    defaults = DaskEngine.model_fields
+    return DaskEngine(scheduler_address=os.environ.get("MMC4_DASK_SCHEDULER") or None,
+                      n_workers=int(os.environ.get("MMC4_DASK_WORKERS", defaults["n_workers"].default)),
+                      memory_limit=os.environ.get("MMC4_DASK_MEMORY_LIMIT", defaults["memory_limit"].default))
 
 
 class ImageFetcher(dg.ConfigurableResource):
@@ -244,6 +325,8 @@ def sample_resources(storage_root: str, *, shards_root: str | None = None,
         "fetcher": ImageFetcher(allow_private=True, serve_sample_images=True, concurrency=16,
                                 total_timeout=10.0, retries=1),
         "clip": ClipModel(model_name="mmc4-tiny-random", pretrained=None, batch_size=32),
+        # a few hundred URLs: one worker thread in this process, no worker processes to start
+        "dask": DaskEngine(n_workers=1, threads_per_worker=2, processes=False),
         "quality": DataQuality(),
         # no weights: NSFW and face filters are OFF, and the metadata says so
         "classifiers": FeatureClassifiers(),
@@ -270,16 +353,19 @@ def s3_resource_from_env(prefix: str = "MMC4_S3_") -> S3Resource | None:
 
 
 def common_crawl_from_env() -> CommonCrawlConfig | None:
-    """Common Crawl as a page source when ``MMC4_CC_INDEX_URL`` is set (e.g. https://index.commoncrawl.org)."""
+    """Common Crawl as a page source when ``MMC4_CC_INDEX_URL`` (the CDX API, e.g.
+    https://index.commoncrawl.org) or ``MMC4_CC_COLUMNAR_INDEX`` (parquet paths/globs) is set."""
     index_url = os.environ.get("MMC4_CC_INDEX_URL")
-    if not index_url:
+    if not index_url and not _env_list("MMC4_CC_COLUMNAR_INDEX"):
         return None
     defaults = CommonCrawlConfig.model_fields
+    index_url = index_url or defaults["index_url"].default
     return CommonCrawlConfig(
         index_url=index_url,
         collections=_env_list("MMC4_CC_COLLECTIONS") or defaults["collections"].default,
         archive_root=os.environ.get("MMC4_CC_ARCHIVE_ROOT", defaults["archive_root"].default),
         concurrency=int(os.environ.get("MMC4_CC_CONCURRENCY", defaults["concurrency"].default)),
+        columnar_index=_env_list("MMC4_CC_COLUMNAR_INDEX"),
         # the crawl bucket is AWS's (us-east-1) even when the storage root is another S3 service
         endpoint_url=os.environ.get("MMC4_CC_S3_ENDPOINT_URL") or None)
 
@@ -294,6 +380,7 @@ def production_resources() -> dict[str, Any]:
                               common_crawl=common_crawl_from_env(), **s3_fields(s3)),
         "fetcher": ImageFetcher(user_agent=os.environ.get("MMC4_USER_AGENT", ImageFetcher.model_fields["user_agent"].default)),
         "quality": DataQuality(),
+        "dask": dask_engine_from_env(),
         "classifiers": FeatureClassifiers(
             nsfw_weights=os.environ.get("MMC4_NSFW_WEIGHTS") or None,
             face_weights=os.environ.get("MMC4_FACE_WEIGHTS") or None,

@@ -22,6 +22,9 @@ class EngineSettings:
     n_workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "2GiB"
+    # LocalCluster only: worker processes (True) or threads of this process (False: starts in
+    # well under a second, for small inputs such as the bundled sample)
+    processes: bool = True
     # "p2p" is dask's scalable shuffle (disk-backed, bounded memory); "tasks" for tiny graphs
     shuffle_method: str = "p2p"
     # dask config applied while the client is open (e.g. {"distributed.worker.memory.spill": 0.7})
@@ -34,7 +37,11 @@ def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed
     import dask
     from distributed import Client, LocalCluster
 
+    import logging
+
     settings = settings or EngineSettings()
+    # p2p shuffles log every start/stop at WARNING: noise in a run's log
+    logging.getLogger("distributed.shuffle._scheduler_plugin").setLevel(logging.ERROR)
     config = {"dataframe.shuffle.method": settings.shuffle_method, **settings.dask_config}
     with dask.config.set(config):
         if settings.scheduler_address:
@@ -43,6 +50,6 @@ def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed
             return
         # dashboard off: a port per test run is noise, and nothing here serves it
         with LocalCluster(n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
-                          memory_limit=settings.memory_limit, processes=True,
+                          memory_limit=settings.memory_limit, processes=settings.processes,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             yield client
