@@ -70,7 +70,7 @@ def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int |
         total = images_kept + sum(image_drops.values())
         out.summary += f"; {images_kept} of {total} image URLs pass the URL filter" + \
             (f" ({reason_counts(image_drops)})" if any(image_drops.values()) else "")
-    out.rule("no_documents", int(docs.height == 0))
+    out.rule("no_documents", int(docs.height == 0), message="no document to pass on")
     # a source that ended early publishes only its first part: blocking unless allowed
     broken = quarantine.filter(pl.col("reason").is_in(_SOURCE_BROKEN))
     detail = broken["raw"][0] if broken.height else None
@@ -106,7 +106,7 @@ def fetched_images_rules(fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side
         if fetched.height else {}
     out.summary = f"{ok.height} of {fetched.height} candidate images fetched ok" + \
         (f" ({reason_counts({str(k): v for k, v in failed.items()})})" if failed else "")
-    out.rule("no_image_ok", int(ok.height == 0))
+    out.rule("no_image_ok", int(ok.height == 0), message="no candidate image was fetched ok")
     out.rule("rows_vs_raw_c4_candidates", abs(fetched.height - expected))
     dup_keys = fetched.filter(pl.struct("doc_id", "image_index").is_duplicated())
     out.rule("duplicate_candidate_rows", dup_keys.height, _first(dup_keys))
