@@ -47,9 +47,13 @@ class StorageResource(ResourceWithS3Configuration):
     """
 
     root: str
+    # temporary files of killed writes older than this are swept (local roots); keep it above
+    # the instance's run_monitoring.max_runtime_seconds so no live run owns one
+    temp_max_age_hours: float = 24.0
 
     def store(self) -> ShardStore:
-        return ShardStore(self.root, options_for(self.root, s3_storage_options(self)))
+        return ShardStore(self.root, options_for(self.root, s3_storage_options(self)),
+                          temp_max_age=self.temp_max_age_hours * 3600)
 
 
 class CommonCrawlConfig(dg.Config):
