@@ -186,3 +186,23 @@ def test_sample_shard_copy_in_a_temp_dir_still_passes(tmp_path, sample_bytes):
     check = _materialize(tmp_path, sample_bytes, DataQuality(gx_enabled=False))
     assert check.passed, check.description
     assert check.description.endswith("all rules and expectations hold")
+
+
+def test_other_stages_and_expectations_fail_in_words():
+    from mmc4_assets.quality.messages import expectation_message
+    from mmc4_assets.quality.rules import fetched_images_rules
+
+    fetched = pl.DataFrame({"doc_id": ["s:0"] * 12, "image_index": list(range(12)),
+                            "raw_url": [f"u{i}" for i in range(12)],
+                            "status": ["http_404"] * 10 + ["timeout"] * 2, "image_name": [None] * 12,
+                            "phash": [None] * 12, "orig_width": [None] * 12, "orig_height": [None] * 12,
+                            "width": [None] * 12, "height": [None] * 12},
+                           schema_overrides={c: pl.Int32 for c in ("orig_width", "orig_height", "width", "height")}
+                           | {"image_name": pl.String, "phash": pl.String})
+    raw = pl.DataFrame({"image_urls": [[f"u{i}" for i in range(12)]]})
+    assert fetched_images_rules(fetched, raw, 150, 2.0, 800).describe() == (
+        "0 of 12 candidate images fetched ok (http_404 10, timeout 2). Failing: no candidate image was fetched ok")
+    assert expectation_message("expect_column_values_to_be_between", "n_candidates", {"min_value": 1}, 3, None) \
+        == "3 row(s) with n_candidates not at least 1"
+    assert expectation_message("expect_table_row_count_to_equal", None, {"value": 5}, None, 4) == \
+        "table has 4 rows, expected 5"
