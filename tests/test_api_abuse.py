@@ -84,6 +84,27 @@ def test_failed_tokens_are_limited_per_client_before_any_pbkdf2(settings):
         assert client.get("/datasets/mmc4", headers={"Authorization": f"Bearer {BOB}"}).status_code == 429
 
 
+def test_one_clients_simultaneous_made_up_tokens_are_capped_while_in_flight(settings, monkeypatch):
+    gate = threading.Event()
+    real = auth.TokenHash.matches
+    monkeypatch.setattr(auth.TokenHash, "matches", lambda self, token: gate.wait(30) and real(self, token))
+    app = create_app(Settings(**settings, max_auth_failures=4, auth_failure_rate=0.01,
+                              max_pending_verifications=100))
+    with serve(app) as client, ThreadPoolExecutor(12) as pool:
+        try:
+            flood = [pool.submit(httpx.get, _url(client, "/datasets/mmc4"), timeout=40,
+                                 headers={"Authorization": f"Bearer flood-{i}"}) for i in range(12)]
+            deadline = time.monotonic() + 20
+            while sum(f.done() for f in flood) < 8 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused = [f.result().status_code for f in flood if f.done()]
+            assert refused == [429] * 8   # only 4 reached PBKDF2; the rest answered at once
+            assert app.state.verifier.pending == 4
+        finally:
+            gate.set()
+        assert sorted(f.result().status_code for f in flood) == [401] * 4 + [429] * 8
+
+
 def test_tokens_in_the_query_string_are_refused_and_never_logged(settings):
     lines: list[str] = []
 
@@ -145,6 +166,9 @@ def test_failure_limiter_refills_and_stays_bounded():
     limiter.failed("a")
     assert limiter.retry_after("a") == pytest.approx(2.0)
     now[0] = 2.0
+    assert limiter.retry_after("a") == 0
+    limiter.failed("a")
+    limiter.refund("a")   # a verification in flight that succeeded
     assert limiter.retry_after("a") == 0
     for c in "bcde":
         limiter.failed(c)

@@ -221,16 +221,19 @@ def create_app(settings: Settings) -> FastAPI:
             if wait > 0:   # refused before any PBKDF2 work
                 raise HTTPException(status_code=429, detail="too many failed token attempts",
                                     headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            # counted as a failure now (also while in flight), given back if the token verifies
+            failures.failed(client)
             if not known:
                 try:
                     # PBKDF2 once per token, on the verifier's executor: the request pool stays free
                     name = await verifier.verify_async(token)
                 except VerifierBusy:
+                    failures.refund(client)
                     raise HTTPException(status_code=503, detail="token verification busy; retry shortly",
                                         headers={"Retry-After": "1"}) from None
             if name is None:
-                failures.failed(client)
                 raise _unauthorized("invalid token", "invalid_token")
+            failures.refund(client)
         if limiter is not None:
             wait = limiter.acquire(name)
             if wait > 0:

@@ -229,7 +229,9 @@ class FailureLimiter:
     """Failed authentication attempts per client: ``burst`` at once, then one per ``1/rate`` seconds.
 
     Over the limit, a client's unverified tokens are refused before any PBKDF2 work, so one
-    client cannot keep the verifier busy; tokens already verified are not affected. The table
+    client cannot keep the verifier busy; tokens already verified are not affected. A
+    verification in flight counts as a failure until it succeeds (``refund``), so a client's
+    simultaneous made-up tokens are capped too, not only its finished ones. The table
     of clients is bounded (least recently failing first out).
     """
 
@@ -262,6 +264,13 @@ class FailureLimiter:
             self._buckets.move_to_end(client)
             while len(self._buckets) > self._max:
                 self._buckets.popitem(last=False)
+
+    def refund(self, client: str) -> None:
+        """Give back a provisional failure (the token verified, or was never tried)."""
+        now = self._clock()
+        with self._lock:
+            if client in self._buckets:
+                self._buckets[client] = (min(self.burst, self._level(client, now) + 1), now)
 
 
 class RateLimiter:
