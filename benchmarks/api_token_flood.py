@@ -61,7 +61,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def valid_latencies(base: str, n: int | None, stop: asyncio.Event | None, cap: float) -> list[float]:
@@ -108,6 +108,11 @@ async def flood(base: str, bad: int, sources: int, cap: float) -> tuple[Counter,
     return codes, drained, latencies
 
 
+def loadavg() -> str:
+    with open("/proc/loadavg") as fh:
+        return fh.read().strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bad", type=int, default=50, help="made-up-token requests in flight")
@@ -120,7 +125,7 @@ def main() -> None:
     import mmc4_assets
 
     print(f"code under test: {Path(mmc4_assets.__file__).parent}")
-    print(f"load average before: {open('/proc/loadavg').read().strip()}")
+    print(f"load average before: {loadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         root, tokens = Path(tmp) / "root", Path(tmp) / "tokens.json"
         build_corpus(root)
@@ -155,7 +160,7 @@ def main() -> None:
                   f"p99 {pct(during, .99):8.1f} ms  max {max(during, default=float('nan')):8.1f} ms  "
                   f"mean {statistics.fmean(during) if during else float('nan'):8.1f} ms")
             print(f"  bad requests answered: {dict(sorted(codes.items(), key=str))}; flood drained in {drained:.2f} s")
-    print(f"\nload average after: {open('/proc/loadavg').read().strip()}")
+    print(f"\nload average after: {loadavg()}")
 
 
 if __name__ == "__main__":

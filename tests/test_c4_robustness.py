@@ -17,8 +17,13 @@ import pytest
 
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.quality import DataQuality
-from mmc4_assets.defs.raw_c4 import QUARANTINE_SCHEMA, RAW_C4_SCHEMA, RawC4Config, raw_c4, \
-    raw_c4_documents_well_formed
+from mmc4_assets.defs.raw_c4 import (
+    QUARANTINE_SCHEMA,
+    RAW_C4_SCHEMA,
+    RawC4Config,
+    raw_c4,
+    raw_c4_documents_well_formed,
+)
 from mmc4_assets.defs.resources import sample_resources
 from mmc4_assets.pages.archives import PageRecord
 from mmc4_assets.pages.raw_docs import document_rows, iter_c4_lines
@@ -65,14 +70,14 @@ def test_lone_surrogate_is_quarantined_and_the_shard_still_writes(tmp_path):
 def test_deeply_nested_json_is_quarantined_not_a_recursion_error(tmp_path):
     deep = "[" * 100_000 + "]" * 100_000
     obj = '{"text": ' + '{"a": ' * 100_000 + "1" + "}" * 100_000 + "}"
-    docs, quarantine, _ = _run_shard(tmp_path, gzip.compress("\n".join([deep, obj, _doc()]).encode()))
+    docs, quarantine, _ = _run_shard(tmp_path, gzip.compress(f"{deep}\n{obj}\n{_doc()}".encode()))
     assert quarantine.select("line_no", "reason").rows() == [(0, "too_deep"), (1, "too_deep")]
     assert docs["line_no"].to_list() == [2]
 
 
 def test_oversized_line_is_skipped_in_bounded_reads_and_the_next_line_is_kept(tmp_path):
     big = _doc("Word. " * 5000)
-    docs, quarantine, _ = _run_shard(tmp_path, gzip.compress("\n".join([big, _doc()]).encode()),
+    docs, quarantine, _ = _run_shard(tmp_path, gzip.compress(f"{big}\n{_doc()}".encode()),
                                      max_line_bytes=4096)
     assert quarantine.select("line_no", "reason").rows() == [(0, "oversized_line")]
     assert docs["line_no"].to_list() == [1]
@@ -121,8 +126,8 @@ def test_zero_documents_fail_with_words_and_counts():
 
 
 def test_truncated_source_blocks_unless_allowed_and_the_metadata_says_so():
-    docs, quarantine = _frames(["truncated_source"], ["shard.json.gz: gzip stream ends early at compressed "
-                                                     "byte 6000, after 0 lines"])
+    detail = "shard.json.gz: gzip stream ends early at compressed byte 6000, after 0 lines"
+    docs, quarantine = _frames(["truncated_source"], [detail])
     blocked = raw_c4_rules(docs, quarantine, 1)
     assert blocked.failures["source_broken"] == 1
     assert "compressed byte 6000" in blocked.describe()

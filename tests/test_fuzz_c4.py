@@ -47,8 +47,8 @@ def _random_line(rng: random.Random) -> bytes:
     if kind == 0:
         return json.dumps({"text": text, "timestamp": "2019-04-25T12:57:54Z", "url": url}).encode()
     if kind == 1:   # escapes spliced into a valid document
-        return ('{"text": "%s%s", "timestamp": "t", "url": "%s"}' % (
-            _escape_pieces(rng), text.replace('"', ""), rng.choice(URLS) + _escape_pieces(rng))).encode()
+        escaped, plain, url = _escape_pieces(rng), text.replace('"', ""), rng.choice(URLS) + _escape_pieces(rng)
+        return f'{{"text": "{escaped}{plain}", "timestamp": "t", "url": "{url}"}}'.encode()
     if kind == 2:   # a field missing or of the wrong type
         doc = {"text": text, "timestamp": "t", "url": url}
         key = rng.choice(list(doc))
@@ -84,7 +84,7 @@ def _random_line(rng: random.Random) -> bytes:
     if kind == 11:  # longer than the line cap
         return json.dumps({"text": "Long. " * (MAX_LINE // 5), "timestamp": "t", "url": url}).encode()
     if kind == 12:  # control characters and odd whitespace between tokens
-        return ('\x0c{ "text" :\t"%s" ,"timestamp":"t",\r"url":"%s"}\x0b' % (text, url)).encode()
+        return f'\x0c{{ "text" :\t"{text}" ,"timestamp":"t",\r"url":"{url}"}}\x0b'.encode()
     if kind == 13:  # huge but legal strings
         return json.dumps({"text": ("S. " * rng.randint(1, 200)), "timestamp": "t", "url": url}).encode()
     if kind == 14:  # mutated valid document: one byte flipped
