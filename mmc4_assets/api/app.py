@@ -7,16 +7,16 @@ import math
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from mmc4_assets import __version__
-from mmc4_assets.api.auth import RateLimiter, TokenVerifier, parse_authorization
+from mmc4_assets.api.auth import FailureLimiter, RateLimiter, TokenVerifier, VerifierBusy, parse_authorization
 from mmc4_assets.api.index import Catalog
 from mmc4_assets.api.service import MAX_LIMIT, Dataset, InvalidQuery, NotReady
 from mmc4_assets.api.service import Query as DatasetQuery
@@ -26,6 +26,10 @@ from mmc4_assets.storage import ShardStore
 log = logging.getLogger(__name__)
 
 LIST_PARAMS = frozenset({"limit", "offset", "subset", "shard", "min_images", "min_matched_sim"})
+# query parameters that carry credentials elsewhere (RFC 6750's access_token and friends):
+# refused, and their values never reach the access log
+TOKEN_PARAMS = frozenset({"access_token", "token", "api_key", "apikey", "key", "auth", "authorization",
+                          "bearer", "password", "secret"})
 
 
 @dataclass
@@ -39,6 +43,10 @@ class Settings:
     burst: int | None = None
     warm: bool = False               # build every shard's sidecar in the background
     max_sync_builds: int = 64        # sidecars a filtered request may build itself before answering 503
+    max_auth_failures: int = 10      # failed token attempts a client may make at once ...
+    auth_failure_rate: float = 0.2   # ... then one per 1/rate seconds; over it: 429 before any PBKDF2
+    verify_workers: int = 1          # threads deriving PBKDF2 for tokens not seen before
+    max_pending_verifications: int = 16  # queued derivations beyond this answer 503 at once
 
 
 # -- response models (the OpenAPI schema; pages are serialized without them) -------------
@@ -98,8 +106,10 @@ class Error(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "a token was sent in the query string; use the Authorization header"},
     401: {"model": Error, "description": "missing, malformed or unknown Bearer token"},
-    429: {"model": Error, "description": "per-token rate limit exceeded; see Retry-After"},
+    429: {"model": Error, "description": "per-token rate limit, or this client's failed-token limit, "
+                                         "exceeded; see Retry-After"},
     503: {"model": Error, "description": "a shard is being republished, or filter summaries are "
                                          "still being built; see Retry-After"},
 }
@@ -107,7 +117,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 DESCRIPTION = """\
 Documents of the published MMC4-style shards, in a stable order (shard, then line).
 
-Authenticate with `Authorization: Bearer <token>`. Page with `limit` (1-100) and `offset`;
+Authenticate with `Authorization: Bearer <token>` (a token in the query string is refused with
+400). Too many failed tokens from one client answer 429 with `Retry-After`. Page with `limit` (1-100) and `offset`;
 `next` is the offset of the following page and `null` at the end. Offsets stay valid while
 `index_version` does not change (a newly published shard changes it).
 """
@@ -122,13 +133,44 @@ def _unauthorized(message: str, error: str = "") -> HTTPException:
     return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": challenge})
 
 
+def _redact_query(path: str) -> str:
+    """``/x?access_token=abc&limit=2`` -> ``/x?access_token=REDACTED&limit=2``."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(k.lower() in TOKEN_PARAMS for k, _ in pairs):
+        return path
+    return base + "?" + urlencode([(k, "REDACTED" if k.lower() in TOKEN_PARAMS else v) for k, v in pairs])
+
+
+class RedactTokens(logging.Filter):
+    """Strips credential-looking query values from uvicorn's access log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], _redact_query(args[2]), *args[3:])
+        return True
+
+
+def install_access_log_redaction() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
+
+
 def create_app(settings: Settings) -> FastAPI:
     store = ShardStore(settings.storage_root, settings.storage_options)
     catalog = Catalog(store, ttl=settings.index_ttl)
     cache = ShardCache(store, settings.cache_dir or default_cache_dir())
     dataset = Dataset(catalog, cache, max_sync_builds=settings.max_sync_builds)
-    verifier = TokenVerifier(settings.tokens_file)  # fails here, at startup, on a bad tokens file
+    # fails here, at startup, on a bad tokens file; later bad versions are logged and skipped
+    verifier = TokenVerifier(settings.tokens_file, workers=settings.verify_workers,
+                             max_pending=settings.max_pending_verifications)
     limiter = RateLimiter(settings.rate_limit, settings.burst) if settings.rate_limit else None
+    failures = FailureLimiter(settings.max_auth_failures, settings.auth_failure_rate)
+    install_access_log_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -147,12 +189,24 @@ def create_app(settings: Settings) -> FastAPI:
             warmer.start()
         yield
         stop.set()
+        verifier.close()
         if warmer is not None:
             warmer.join(timeout=5)
 
     # /docs and /redoc with Swagger UI / ReDoc files from the fastapi-offline package: no CDN
     app = FastAPIOffline(title="MMC4 read API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.dataset, app.state.verifier, app.state.limiter = dataset, verifier, limiter
+    app.state.failures = failures
+
+    @app.middleware("http")
+    async def refuse_query_tokens(request: Request, call_next):
+        # a URL ends up in logs, proxies and browser history: credentials go in the header only
+        sent = sorted({k for k in request.query_params if k.lower() in TOKEN_PARAMS})
+        if sent:
+            return JSONResponse(status_code=400, content={"detail": (
+                f"credentials are not accepted in the query string ({', '.join(sent)}); send "
+                "'Authorization: Bearer <token>' instead, and treat a token sent this way as leaked")})
+        return await call_next(request)
 
     bearer = HTTPBearer(auto_error=False, description="an API token from the operator")
 
@@ -163,10 +217,25 @@ def create_app(settings: Settings) -> FastAPI:
         if token is None:
             raise _unauthorized("missing or malformed Authorization header; expected 'Bearer <token>'", error)
         known, name = verifier.cached(token)  # on the loop: no thread hop for a token seen before
-        if not known:
-            name = await run_in_threadpool(verifier.verify, token)  # PBKDF2, once per token
         if name is None:
-            raise _unauthorized("invalid token", "invalid_token")
+            client = request.client.host if request.client else "unknown"
+            wait = failures.retry_after(client)
+            if wait > 0:   # refused before any PBKDF2 work
+                raise HTTPException(status_code=429, detail="too many failed token attempts",
+                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            # counted as a failure now (also while in flight), given back if the token verifies
+            failures.failed(client)
+            if not known:
+                try:
+                    # PBKDF2 once per token, on the verifier's executor: the request pool stays free
+                    name = await verifier.verify_async(token)
+                except VerifierBusy:
+                    failures.refund(client)
+                    raise HTTPException(status_code=503, detail="token verification busy; retry shortly",
+                                        headers={"Retry-After": "1"}) from None
+            if name is None:
+                raise _unauthorized("invalid token", "invalid_token")
+            failures.refund(client)
         if limiter is not None:
             wait = limiter.acquire(name)
             if wait > 0:

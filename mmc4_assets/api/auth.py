@@ -7,17 +7,23 @@ disk: ``python -m mmc4_assets.api hash-token`` makes a token and its line.
 
 PBKDF2 is slow on purpose, so a token is hashed once: the sha256 of a verified token is
 remembered (an unkeyed fast hash of a random 256-bit token reveals nothing usable), and
-so are recently rejected ones. Derivations run one at a time, so a flood of made-up tokens
-costs one core at most, not the request threads that serve good tokens. The file is
-re-read when it changes, so adding or revoking a token needs no restart.
+so are recently rejected ones. Derivations run on a small executor of their own with a
+bounded queue (``verify_async``), never on the threads that serve requests, so a flood of
+made-up tokens costs one core at most and cannot delay a token already verified; a full
+queue answers "busy" at once. ``FailureLimiter`` caps failed attempts per client. The file
+is re-read when it changes, so adding or revoking a token needs no restart; a file that no
+longer parses is logged as an error and the last good set stays in force.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -26,6 +32,8 @@ import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
@@ -97,19 +105,32 @@ def parse_authorization(header: str | None) -> tuple[str | None, str]:
     return parts[1], ""
 
 
+class VerifierBusy(RuntimeError):
+    """Too many unverified tokens are queued for PBKDF2; the caller should retry later."""
+
+
 class TokenVerifier:
     """Maps a presented token to its configured name, or None."""
 
-    def __init__(self, tokens_file: str | os.PathLike, max_rejected: int = 4096):
+    def __init__(self, tokens_file: str | os.PathLike, max_rejected: int = 4096,
+                 workers: int = 1, max_pending: int = 16):
         self.path = Path(tokens_file)
         self._lock = threading.Lock()
         self._derive_lock = threading.Lock()
         self._stamp: tuple | None = None
+        self._bad_stamp: tuple | None = None   # the file version last reported as broken
+        self.reload_error: str | None = None
         self._hashes: list[TokenHash] = []
         self._verified: dict[bytes, str] = {}
         self._rejected: OrderedDict[bytes, None] = OrderedDict()
         self._max_rejected = max_rejected
         self.derivations = 0
+        # PBKDF2 runs here, never on the request pool; the queue is bounded so made-up tokens
+        # cannot pile up work (hashlib releases the GIL while deriving)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                               thread_name_prefix="mmc4-token-verify")
+        self._max_pending = max_pending
+        self.pending = 0
         self._reload(force=True)
 
     @property
@@ -124,18 +145,25 @@ class TokenVerifier:
             if force:
                 raise TokenFileError(f"cannot read tokens file {self.path}: {exc.strerror or exc}") from None
             return  # keep the last good tokens through a moment of a file being replaced
-        if not force and stamp == self._stamp:
+        if not force and stamp in (self._stamp, self._bad_stamp):
             return
         try:
             hashes = load_token_file(self.path)
-        except TokenFileError:
+        except TokenFileError as exc:
             if force:
                 raise
-            return  # a half-edited file: keep serving with the last good one
+            # keep serving with the last good set, and say so once per broken version of the file
+            self._bad_stamp, self.reload_error = stamp, str(exc)
+            log.error("tokens file %s was changed but cannot be used (%s); still serving the %d "
+                      "token(s) loaded before", self.path, exc, len(self._hashes))
+            return
         with self._lock:
             self._hashes, self._stamp = hashes, stamp
+            self._bad_stamp = self.reload_error = None
             self._verified.clear()
             self._rejected.clear()
+        if not force:
+            log.info("tokens file %s reloaded: %d token(s)", self.path, len(hashes))
 
     def cached(self, token: str) -> tuple[bool, str | None]:
         """(True, name or None) when this token was checked before; (False, None) when it needs PBKDF2.
@@ -173,6 +201,76 @@ class TokenVerifier:
                     while len(self._rejected) > self._max_rejected:
                         self._rejected.popitem(last=False)
         return name
+
+    async def verify_async(self, token: str) -> str | None:
+        """``verify`` on the verifier's own executor; ``VerifierBusy`` when its queue is full."""
+        with self._lock:
+            if self.pending >= self._max_pending:
+                raise VerifierBusy(f"{self.pending} token verifications queued")
+            self.pending += 1
+        try:
+            future = self._executor.submit(self.verify, token)
+        except BaseException:
+            with self._lock:
+                self.pending -= 1
+            raise
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class FailureLimiter:
+    """Failed authentication attempts per client: ``burst`` at once, then one per ``1/rate`` seconds.
+
+    Over the limit, a client's unverified tokens are refused before any PBKDF2 work, so one
+    client cannot keep the verifier busy; tokens already verified are not affected. A
+    verification in flight counts as a failure until it succeeds (``refund``), so a client's
+    simultaneous made-up tokens are capped too, not only its finished ones. The table
+    of clients is bounded (least recently failing first out).
+    """
+
+    def __init__(self, burst: int = 10, rate: float = 0.2, max_clients: int = 65536,
+                 clock=time.monotonic):
+        if burst < 1 or rate <= 0:
+            raise ValueError("burst must be >= 1 and rate > 0")
+        self.burst, self.rate, self._clock, self._max = float(burst), rate, clock, max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _level(self, client: str, now: float) -> float:
+        tokens, last = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+    def retry_after(self, client: str) -> float:
+        """0 when the client may try a token, else seconds until it may."""
+        now = self._clock()
+        with self._lock:
+            if client not in self._buckets:
+                return 0.0
+            tokens = self._level(client, now)
+            return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def failed(self, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            tokens = self._level(client, now)
+            self._buckets[client] = (max(tokens - 1, 0.0), now)
+            self._buckets.move_to_end(client)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+
+    def refund(self, client: str) -> None:
+        """Give back a provisional failure (the token verified, or was never tried)."""
+        now = self._clock()
+        with self._lock:
+            if client in self._buckets:
+                self._buckets[client] = (min(self.burst, self._level(client, now) + 1), now)
 
 
 class RateLimiter:

@@ -39,6 +39,10 @@ def serve_main(argv: list[str]) -> int:
                         help="seconds between manifest listings; new shards show up within this")
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per second per token")
     parser.add_argument("--burst", type=int, default=None, help="bucket size for --rate-limit")
+    parser.add_argument("--max-auth-failures", type=int, default=10,
+                        help="failed token attempts a client may make at once before 429 (then --auth-failure-rate)")
+    parser.add_argument("--auth-failure-rate", type=float, default=0.2,
+                        help="failed attempts per second a client regains after --max-auth-failures")
     parser.add_argument("--warm", action="store_true",
                         help="build every shard's sidecar in the background (first filtered queries are fast)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -57,7 +61,8 @@ def serve_main(argv: list[str]) -> int:
         app = create_app(Settings(storage_root=storage.root, storage_options=storage.storage_options,
                                   tokens_file=tokens_file, cache_dir=args.cache_dir,
                                   index_ttl=args.index_ttl, rate_limit=args.rate_limit, burst=args.burst,
-                                  warm=args.warm))
+                                  warm=args.warm, max_auth_failures=args.max_auth_failures,
+                                  auth_failure_rate=args.auth_failure_rate))
     except TokenFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,6 +86,9 @@ def check_result(outcome: Outcome, suite: Any = None, **extra: Any) -> dg.AssetC
         if suite.docs_url:
             metadata["data_docs"] = dg.MetadataValue.url(f"file://{suite.docs_url}")
     passed = outcome.passed and (suite is None or suite.success)
+    if failing:
+        metadata["failing"] = ", ".join(failing)   # the rule names, for filtering across partitions
+    # in words: what is wrong and how many rows (quality.messages, shared by every check)
     return dg.AssetCheckResult(
         passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-        description="all rules and expectations hold" if passed else "failing: " + ", ".join(failing))
+        description=outcome.describe([r.message() for r in suite.failed] if suite is not None else []))

@@ -28,6 +28,9 @@ class DataQuality(dg.ConfigurableResource):
     norm_tolerance: float = 1e-3
     max_success_rate_drop: float = 0.15
     trailing_partitions: int = 20
+    # a truncated or corrupt source shard blocks raw_c4 unless allowed; the check's metadata
+    # records the choice and where the source broke
+    allow_truncated_source: bool = False
     _runners: dict = PrivateAttr(default_factory=dict)
 
     def thresholds(self, **run_params: Any) -> Thresholds:

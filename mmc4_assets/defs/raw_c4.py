@@ -169,5 +169,8 @@ def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext, storage
     suite = validate_suite(quality, "raw_c4", shard, storage.root,
                            lambda: suites.raw_c4_frame(docs, drop_share),
                            lambda: suites.raw_c4_expectations(thresholds))
-    return check_result(raw_c4_rules(docs, quarantine, md.get("num_lines")), suite,
-                        url_filter_drop_share=round(drop_share, 4))
+    image_drops = {k.removeprefix("image_urls_dropped_"): v for k, v in md.items()
+                   if k.startswith("image_urls_dropped_")}
+    outcome = raw_c4_rules(docs, quarantine, md.get("num_lines"), quality.allow_truncated_source,
+                           image_drops if md else None, kept if md else None)
+    return check_result(outcome, suite, url_filter_drop_share=round(drop_share, 4))

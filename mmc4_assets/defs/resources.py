@@ -48,9 +48,13 @@ class StorageResource(ResourceWithS3Configuration):
     """
 
     root: str
+    # temporary files of killed writes older than this are swept (local roots); keep it above
+    # the instance's run_monitoring.max_runtime_seconds so no live run owns one
+    temp_max_age_hours: float = 24.0
 
     def store(self) -> ShardStore:
-        return open_store(self.root, s3={name: getattr(self, name) for name in S3_FIELDS})
+        return open_store(self.root, s3={name: getattr(self, name) for name in S3_FIELDS},
+                          temp_max_age=self.temp_max_age_hours * 3600)
 
 
 class CommonCrawlConfig(dg.Config):

@@ -18,38 +18,113 @@ C4_FIELDS = ("text", "timestamp", "url")
 # C4 documents average ~2.3 KB (156B tokens over 365M documents) and are mostly < 100 KB; longer
 # ones are rare outliers whose sentence split and similarity matrix would dominate a shard
 MAX_DOC_CHARS = 200_000
-_KEEP_RAW = {"malformed_json", "missing_field"}
+# a C4 document is a few KB to a few hundred KB; a longer "line" is not one, and reading it
+# whole would let one line hold the shard's memory
+MAX_LINE_BYTES = 16 * 1024 * 1024
+# the source ended or broke before its end: what was read before is kept, the check decides
+SOURCE_REASONS = ("truncated_source", "corrupt_source", "not_gzip")
+_KEEP_RAW = {"malformed_json", "missing_field", "invalid_unicode", "too_deep", "oversized_line",
+             *SOURCE_REASONS}
 
 
 @dataclass
 class C4Line:
     line_no: int
-    raw: bytes
+    raw: bytes   # the line; for a source-level reason, what broke and where (file, byte offset)
     doc: dict | None = None
     error: str | None = None   # drop reason when the line is not a C4 document
 
 
-def iter_c4_lines(stream: BinaryIO) -> Iterator[C4Line]:
-    """Parse a gzip'd C4 shard line by line; a truncated file ends the shard, not the run."""
-    line_no = -1
+def iter_c4_lines(stream: BinaryIO, name: str | None = None,
+                  max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[C4Line]:
+    """Parse a gzip'd C4 shard line by line; every line is a document or carries a reason.
+
+    A broken source (truncated, corrupt, not gzip at all) ends the shard with one row whose
+    reason says which, and whose ``raw`` names the file and the byte offset where it broke;
+    the lines read before it are kept. Errors reading the storage itself (not the data) are
+    raised, naming the file, so the run fails and is retried rather than publishing less.
+    """
+    name = name or _stream_name(stream)
+    line_no, done = -1, 0   # last line read; decompressed bytes of the lines read
     try:
-        with gzip.open(stream, "rb") as lines:
-            for line_no, raw in enumerate(lines):
+        with gzip.open(stream, "rb") as reader:
+            while raw := reader.readline(max_line_bytes):
+                line_no += 1
+                done += len(raw)
+                if len(raw) >= max_line_bytes and not raw.endswith(b"\n"):
+                    done += _skip_line(reader, max_line_bytes)
+                    yield C4Line(line_no, raw[:4096], error="oversized_line")
+                    continue
                 yield _parse_line(line_no, raw)
-    except (EOFError, OSError, zlib.error):
-        yield C4Line(line_no + 1, b"", error="truncated_source")
+    except EOFError as exc:
+        yield _source_error(line_no, "truncated_source", name, stream, done, exc)
+    except zlib.error as exc:
+        yield _source_error(line_no, "corrupt_source", name, stream, done, exc)
+    except gzip.BadGzipFile as exc:
+        first = line_no < 0 and str(exc).startswith("Not a gzipped file")
+        yield _source_error(line_no, "not_gzip" if first else "corrupt_source", name, stream, done, exc)
+    except OSError as exc:
+        raise OSError(f"{name}: reading failed after line {line_no} "
+                      f"(decompressed byte {done}): {exc}") from exc
+
+
+def _stream_name(stream: BinaryIO) -> str:
+    name = getattr(stream, "path", None) or getattr(stream, "name", None)
+    return str(name) if name else f"<{type(stream).__name__}>"
+
+
+def _skip_line(reader, chunk: int) -> int:
+    """Read past the rest of an oversized line in bounded chunks; bytes skipped."""
+    skipped = 0
+    while part := reader.readline(chunk):
+        skipped += len(part)
+        if part.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _source_error(line_no: int, reason: str, name: str, stream: BinaryIO, done: int,
+                  exc: BaseException) -> C4Line:
+    try:
+        at = f"compressed byte {stream.tell()}"
+    except (OSError, ValueError, AttributeError):
+        at = "an unknown compressed offset"
+    what = {"truncated_source": "gzip stream ends early", "corrupt_source": "gzip stream is corrupt",
+            "not_gzip": "not a gzip file"}[reason]
+    detail = (f"{name}: {what} at {at}, after {line_no + 1} lines "
+              f"({done} decompressed bytes): {type(exc).__name__}: {exc}")
+    return C4Line(line_no + 1, detail.encode("utf-8", "backslashreplace"), error=reason)
 
 
 def _parse_line(line_no: int, raw: bytes) -> C4Line:
+    """A C4 document, or the reason this line is not one; raises nothing."""
     if not raw.strip():
         return C4Line(line_no, raw, error="blank_line")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except RecursionError:   # nesting deeper than the interpreter's stack (a C4 line has depth 1)
+        return C4Line(line_no, raw, error="too_deep")
+    except ValueError:   # includes UnicodeDecodeError and ints past Python's digit limit
         return C4Line(line_no, raw, error="malformed_json")
-    if not isinstance(doc, dict) or any(not isinstance(doc.get(f), str) for f in C4_FIELDS):
-        return C4Line(line_no, raw, doc if isinstance(doc, dict) else None, error="missing_field")
+    if not isinstance(doc, dict):
+        return C4Line(line_no, raw, error="missing_field")
+    # JSON may escape lone surrogates ("\ud800") that no UTF-8 writer can store: quarantined
+    # as evidence rather than repaired, so a document's text is never silently altered
+    if any(isinstance(doc.get(f), str) and not _utf8_safe(doc[f]) for f in C4_FIELDS):
+        return C4Line(line_no, raw, error="invalid_unicode")
+    if any(not isinstance(doc.get(f), str) for f in C4_FIELDS):
+        return C4Line(line_no, raw, doc, error="missing_field")
     return C4Line(line_no, raw, doc)
+
+
+def _utf8_safe(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def document_rows(lines: Iterator[C4Line], pages: dict[str, PageRecord], shard: str,

@@ -83,6 +83,13 @@ class ExpectationOutcome:
     success: bool
     unexpected_count: int | None
     observed: Any
+    kwargs: dict = field(default_factory=dict)
+
+    def message(self) -> str:
+        from mmc4_assets.quality.messages import expectation_message
+
+        return expectation_message(self.expectation, self.column, self.kwargs, self.unexpected_count,
+                                   self.observed)
 
 
 @dataclass
@@ -195,7 +202,8 @@ class GXRunner:
                     res = r.result or {}
                     outcome.results.append(ExpectationOutcome(
                         expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
-                        unexpected_count=res.get("unexpected_count"), observed=res.get("observed_value")))
+                        unexpected_count=res.get("unexpected_count"), observed=res.get("observed_value"),
+                        kwargs={k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"}))
                 if self.build_docs:
                     outcome.docs_url = self._build_docs(ctx, identifier)
             return outcome

@@ -16,6 +16,10 @@ from scipy.optimize import linear_sum_assignment
 
 from mmc4_assets.dedup.phash import dedup_in_document
 from mmc4_assets.publish.mmc4_format import schema_errors
+from mmc4_assets.quality.messages import describe, reason_counts
+
+# reasons raw_c4 gives a source that ended or broke before its end (pages.raw_docs.SOURCE_REASONS)
+_SOURCE_BROKEN = ("truncated_source", "corrupt_source")
 
 
 @dataclass
@@ -23,21 +27,31 @@ class Outcome:
     failures: dict[str, int] = field(default_factory=dict)   # rule -> offending rows
     examples: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""   # one line on what the partition holds, leading every description
+    messages: dict[str, str] = field(default_factory=dict)   # rule -> its own words, when given
 
     @property
     def passed(self) -> bool:
         return not any(self.failures.values())
 
-    def rule(self, name: str, offending: int, example: Any = None) -> None:
+    def rule(self, name: str, offending: int, example: Any = None, message: str | None = None) -> None:
         self.failures[name] = int(offending)
+        if offending and message:
+            self.messages[name] = message
         if offending and example is not None and len(self.examples) < 5:
             self.examples.append(f"{name}: {example}")
+
+    def describe(self, failed_expectations: list[str] = ()) -> str:
+        """What is wrong and how many rows, in words (``quality.messages``)."""
+        return describe(self.summary, self.failures, self.messages, failed_expectations)
 
     def metadata(self) -> dict[str, Any]:
         md: dict[str, Any] = {f"violations_{k}": v for k, v in self.failures.items()}
         md.update(self.stats)
         if self.examples:
             md["examples"] = "\n".join(self.examples)
+        if self.summary:
+            md["summary"] = self.summary
         return md
 
 
@@ -45,8 +59,31 @@ def _first(frame: pl.DataFrame, col: str = "doc_id") -> Any:
     return frame[col][0] if frame.height else None
 
 
-def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int | None) -> Outcome:
+def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int | None,
+                 allow_truncated_source: bool = False, image_drops: dict[str, int] | None = None,
+                 images_kept: int | None = None) -> Outcome:
     out = Outcome(stats={"docs": docs.height, "quarantined": quarantine.height})
+    reasons = dict(quarantine.group_by("reason").len().iter_rows()) if quarantine.height else {}
+    lines = lines_read if lines_read is not None else docs.height + quarantine.height
+    out.summary = f"{docs.height} documents: {quarantine.height} of {lines} lines quarantined" + \
+        (f" ({reason_counts(reasons)})" if reasons else "")
+    if image_drops is not None and images_kept is not None:
+        total = images_kept + sum(image_drops.values())
+        out.summary += f"; {images_kept} of {total} image URLs pass the URL filter" + \
+            (f" ({reason_counts(image_drops)})" if any(image_drops.values()) else "")
+    out.rule("no_documents", int(docs.height == 0), message="no document to pass on")
+    # a source that ended early publishes only its first part: blocking unless allowed
+    broken = quarantine.filter(pl.col("reason").is_in(_SOURCE_BROKEN))
+    detail = broken["raw"][0] if broken.height else None
+    out.stats["truncated_source_allowed"] = allow_truncated_source
+    if detail:
+        out.stats["source_error"] = detail
+    out.rule("source_broken", 0 if allow_truncated_source else broken.height, detail,
+             message=f"source shard cut short or corrupt ({detail}); set "
+                     f"allow_truncated_source to publish the lines read before it")
+    not_gzip = quarantine.filter(pl.col("reason") == "not_gzip")
+    out.rule("source_not_gzip", not_gzip.height, _first(not_gzip, "raw"),
+             message=f"source shard is not gzip ({_first(not_gzip, 'raw')})")
     out.rule("null_url_or_text", docs.filter(pl.col("url").is_null() | pl.col("text_list").is_null()).height)
     dup = docs.filter(pl.col("doc_id").is_duplicated())
     out.rule("duplicate_doc_id", dup.height, _first(dup))
@@ -66,6 +103,11 @@ def fetched_images_rules(fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side
     ok = fetched.filter(pl.col("status") == "ok")
     out = Outcome(stats={"candidates": fetched.height, "ok": ok.height,
                          "success_rate": round(ok.height / fetched.height, 4) if fetched.height else 0.0})
+    failed = dict(fetched.filter(pl.col("status") != "ok").group_by("status").len().iter_rows()) \
+        if fetched.height else {}
+    out.summary = f"{ok.height} of {fetched.height} candidate images fetched ok" + \
+        (f" ({reason_counts({str(k): v for k, v in failed.items()})})" if failed else "")
+    out.rule("no_image_ok", int(ok.height == 0), message="no candidate image was fetched ok")
     out.rule("rows_vs_raw_c4_candidates", abs(fetched.height - expected))
     dup_keys = fetched.filter(pl.struct("doc_id", "image_index").is_duplicated())
     out.rule("duplicate_candidate_rows", dup_keys.height, _first(dup_keys))
@@ -83,7 +125,8 @@ def fetched_images_rules(fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side
 
 
 def clip_scores_rules(scores: pl.DataFrame, features: pl.DataFrame) -> Outcome:
-    out = Outcome(stats={"docs": scores.height, "distinct_images": features.height})
+    out = Outcome(stats={"docs": scores.height, "distinct_images": features.height},
+                  summary=f"{scores.height} documents scored, {features.height} distinct images")
     shape_bad = range_bad = 0
     example = None
     for row in scores.select("doc_id", "text_list", "images", "similarity_matrix").iter_rows(named=True):
@@ -108,7 +151,7 @@ def clip_scores_rules(scores: pl.DataFrame, features: pl.DataFrame) -> Outcome:
 
 
 def assignments_rules(assigned: pl.DataFrame, min_sim: float) -> Outcome:
-    out = Outcome(stats={"docs": assigned.height})
+    out = Outcome(stats={"docs": assigned.height}, summary=f"{assigned.height} documents assigned")
     bad_index = below = shared = shape_bad = not_entry = 0
     example = None
     for row in assigned.select("doc_id", "text_list", "image_info", "similarity_matrix").iter_rows(named=True):
@@ -205,7 +248,8 @@ def assignment_problems(matrix: Any, matched_text_index: list[int], matched_sim:
 
 def published_assignment_rules(lines: list[bytes], min_sim: float, rule: str = "mmc4") -> Outcome:
     """Every document of a published full-set shard carries MMC4's assignment (assignment_problems)."""
-    out = Outcome(stats={"assignment_rule": rule, "min_similarity": min_sim})
+    out = Outcome(stats={"assignment_rule": rule, "min_similarity": min_sim},
+                  summary=f"{len(lines)} published documents checked against the {rule} assignment")
     counts = dict.fromkeys(ASSIGNMENT_PROBLEMS + (("matched_sim_below_min",) if rule != "mmc4" else ()), 0)
     examples: dict[str, str] = {}
     for i, line in enumerate(lines):
@@ -225,7 +269,7 @@ def published_assignment_rules(lines: list[bytes], min_sim: float, rule: str = "
 
 
 def deduped_docs_rules(docs: pl.DataFrame, threshold: int) -> Outcome:
-    out = Outcome(stats={"docs": docs.height})
+    out = Outcome(stats={"docs": docs.height}, summary=f"{docs.height} documents after dedup")
     dups = 0
     example = None
     for row in docs.select("doc_id", "image_info").iter_rows(named=True):
@@ -239,7 +283,8 @@ def deduped_docs_rules(docs: pl.DataFrame, threshold: int) -> Outcome:
 
 
 def published_rules(lines: list[bytes], manifest: dict, actual_sha256: str, expected_docs: int) -> Outcome:
-    out = Outcome(stats={"lines": len(lines), "expected_docs": expected_docs})
+    out = Outcome(stats={"lines": len(lines), "expected_docs": expected_docs},
+                  summary=f"{len(lines)} documents published, {expected_docs} expected")
     unparsable = invalid = 0
     example = None
     for i, line in enumerate(lines):

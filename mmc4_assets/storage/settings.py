@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc4_assets.storage.s3 import options_for, s3fs_storage_options
-from mmc4_assets.storage.store import ShardStore
+from mmc4_assets.storage.store import DEFAULT_TEMP_MAX_AGE, ShardStore
 
 ROOT_ENV = "MMC4_STORAGE_ROOT"
 DEFAULT_ROOT = "storage"  # below the working directory
@@ -38,9 +38,10 @@ class StorageSettings:
 
     root: str
     storage_options: dict[str, Any] = field(default_factory=dict)
+    temp_max_age: float | None = DEFAULT_TEMP_MAX_AGE  # seconds; temp files of killed writes older are swept
 
     def store(self) -> ShardStore:
-        return ShardStore(self.root, self.storage_options)
+        return ShardStore(self.root, self.storage_options, temp_max_age=self.temp_max_age)
 
 
 def resolve_root(root: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -66,12 +67,13 @@ def storage_settings(
     *,
     s3: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    temp_max_age: float | None = DEFAULT_TEMP_MAX_AGE,
 ) -> StorageSettings:
     """Root (see :func:`resolve_root`) and S3 options: from ``s3`` (dagster-aws S3 field names,
     as an ``S3Resource`` holds them) or, when ``s3`` is None, from the ``MMC4_S3_*`` variables."""
     resolved = resolve_root(root, environ)
     fields = s3_settings_from_env(environ) if s3 is None else dict(s3)
-    return StorageSettings(resolved, options_for(resolved, s3fs_storage_options(**fields)))
+    return StorageSettings(resolved, options_for(resolved, s3fs_storage_options(**fields)), temp_max_age)
 
 
 def open_store(
@@ -79,6 +81,7 @@ def open_store(
     *,
     s3: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    temp_max_age: float | None = DEFAULT_TEMP_MAX_AGE,
 ) -> ShardStore:
     """The store for these settings: ``storage_settings(...).store()``."""
-    return storage_settings(root, s3=s3, environ=environ).store()
+    return storage_settings(root, s3=s3, environ=environ, temp_max_age=temp_max_age).store()

@@ -13,12 +13,21 @@ becomes visible only when its upload completes: a single PUT below s3fs's block 
 CompleteMultipartUpload. A write that fails is discarded (the multipart upload aborted,
 nothing PUT), never committed: closing an s3fs file after an error would upload
 whatever was buffered, so :meth:`ShardStore.open_atomic` does not let that happen.
+
+A SIGKILLed local write leaves its temporary file (``.tmp-<uuid>-<name>``) behind. The
+first atomic write into a directory sweeps that directory's temporary files older than
+``temp_max_age`` seconds (default 24 h, twice the instance's ``max_runtime_seconds``, so no
+live run can own one); younger ones may belong to a concurrent run and are left alone. On
+S3 a killed upload leaves no object, only an incomplete multipart upload: a bucket lifecycle
+rule (AbortIncompleteMultipartUpload) removes those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +39,21 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 _LOCAL_PROTOCOLS = ("", "file", "local")
+TMP_PREFIX = ".tmp-"
+DEFAULT_TEMP_MAX_AGE = 24 * 3600.0
+log = logging.getLogger(__name__)
 
 
 class ShardStore:
     """Per-shard tables and blobs under one root; ``storage_options`` go to fsspec (s3fs)."""
 
-    def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+    def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None,
+                 temp_max_age: float | None = DEFAULT_TEMP_MAX_AGE):
         self.storage_options = dict(storage_options or {})
         self.root = UPath(str(root), **self.storage_options)
         self.is_local = self.root.protocol in _LOCAL_PROTOCOLS
+        self.temp_max_age = temp_max_age   # None: never sweep
+        self._swept: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ShardStore({self.uri()!r})"
@@ -77,6 +92,9 @@ class ShardStore:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         local = Path(target.path)
+        if self.temp_max_age is not None and str(local.parent) not in self._swept:
+            self._swept.add(str(local.parent))
+            sweep_temp_files(local.parent, self.temp_max_age)
         tmp = local.with_name(f".tmp-{uuid.uuid4().hex}-{local.name}")
         try:
             with open(tmp, "wb") as fh:
@@ -156,6 +174,29 @@ class ShardStore:
     def num_rows(self, table: str, shard: str) -> int:
         with self.table_path(table, shard).open("rb") as fh:
             return pq.ParquetFile(fh).metadata.num_rows
+
+
+def sweep_temp_files(folder: str | os.PathLike, older_than: float, now: float | None = None) -> list[str]:
+    """Delete ``.tmp-*`` files of killed writes in ``folder`` last modified over ``older_than`` s ago."""
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except FileNotFoundError:
+            pass   # another process swept it first
+    if removed:
+        log.info("removed %d temporary file(s) of killed writes from %s: %s", len(removed), folder,
+                 ", ".join(sorted(removed)[:5]))
+    return removed
 
 
 class TableWriter:
