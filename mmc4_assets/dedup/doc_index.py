@@ -18,13 +18,14 @@ order shards arrived in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
+from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
                                             update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
@@ -155,32 +156,34 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
             cache[shard] = frame
         return frame
 
-    added: dict[str, list[pl.DataFrame]] = {c: [] for c in COUNTERS}
-    for shard in changes:
-        shard_id = state.shard_id(shard)
-        for counter, rows in contributions(read(shard), scheme).items():
-            added[counter].append(rows.with_columns(shard=pl.lit(shard_id, pl.UInt32)))
-    id_to_shard = {**id_to_shard, **state.shard_keys()}
-    affected: set[str] = set()
-    stats: dict[str, int] = {}
-    for counter, postings_matter in (("url", False), ("url_candidate", True), ("band", False)):
-        rows = pl.concat(added[counter]) if added[counter] else pl.DataFrame(
-            schema={"key": pl.UInt64, "n": pl.UInt32, "shard": pl.UInt32})
-        update = update_key_index(state, counter, buckets, replaced, rows)
-        stats[f"{counter}_rows"] = update.rows
-        if counter == "band":
-            # keys now held by two documents or more, one of them on a changed shard
-            fresh_ids = pl.Series([state.registry[s]["id"] for s in changes], dtype=pl.UInt32).implode()
-            shared = update.after.filter(
-                (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any())
-        else:
-            over = update_over_limit(state, counter, update, 1)
-            stats[f"{counter}_duplicated_keys"] = over.height
-            if full_recompute:  # ids were renumbered: compare the duplicate sets themselves
-                affected |= over_set_changes(old_over[counter], old_ids, over, state.shard_keys(),
-                                             postings_matter=postings_matter)
+    with contextlib.ExitStack() as stack:
+        # each counter's new rows go to disk by bucket: a batch or a full recompute holds one
+        # shard's rows and one bucket in memory, never the corpus
+        added = {c: stack.enter_context(BucketSpill(buckets)) for c in COUNTERS}
+        for shard in changes:
+            shard_id = state.shard_id(shard)
+            for counter, rows in contributions(read(shard), scheme).items():
+                added[counter].append(rows.with_columns(shard=pl.lit(shard_id, pl.UInt32)))
+        id_to_shard = {**id_to_shard, **state.shard_keys()}
+        affected: set[str] = set()
+        stats: dict[str, int] = {}
+        for counter, postings_matter in (("url", False), ("url_candidate", True), ("band", False)):
+            update = update_key_index(state, counter, buckets, replaced, added[counter], limit=1)
+            stats[f"{counter}_rows"] = update.rows
+            if counter == "band":
+                # keys now held by two documents or more, one of them on a changed shard
+                fresh_ids = pl.Series([state.registry[s]["id"] for s in changes], dtype=pl.UInt32).implode()
+                shared = update.after.filter(
+                    (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any())
             else:
-                affected |= {id_to_shard[i] for i in flipped_shards(update, 1, postings_matter=postings_matter)}
+                over = update_over_limit(state, counter, update, 1)
+                stats[f"{counter}_duplicated_keys"] = over.height
+                if full_recompute:  # ids were renumbered: compare the duplicate sets themselves
+                    affected |= over_set_changes(old_over[counter], old_ids, over, state.shard_keys(),
+                                                 postings_matter=postings_matter)
+                else:
+                    affected |= {id_to_shard[i] for i in flipped_shards(update, 1, postings_matter=postings_matter)}
+            del update
 
     gone = set(changes) | set(removed)
     kept = old_edges.filter(~pl.col("a_shard").is_in(list(gone)) & ~pl.col("b_shard").is_in(list(gone)))
@@ -194,7 +197,8 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
         state.registry[s]["storage_id"] = version
     for s in removed:
         state.registry.pop(s, None)
-    version = state.commit(affected_shards, **settings)
+    # the file lists every shard to (re)publish: affected ones and the newly absorbed
+    version = state.commit(set(affected_shards) | set(changes), **settings)
     stats.update(shards=len(state.registry), near_duplicate_pairs=edges.height,
                  near_duplicate_docs=_dropped(edges).height, new_pairs=new_edges.height,
                  shards_read_for_verification=verified_from)

@@ -4,8 +4,10 @@ What is counted: for every document, the distinct pHashes of its images that wer
 (``fetched_images.status == "ok"``), i.e. before the CLIP similarity filter, as in MMC4
 where this rule belongs to the dedup step right after fetching. A pHash counts once per
 document; 11 documents carrying the same picture put it over the limit of 10. Equality is
-exact on the 64-bit pHash (near-equal hashes across documents are counted apart: a
-corpus-wide within-5-bits count needs a multi-index structure, left for later).
+exact on the 64-bit pHash (near-equal hashes across documents are counted apart).
+
+This is the ``exact_corpus_count`` variant, stricter than MMC4; MMC4's own rule (the
+default) is the sample-based blocklist in ``dedup.blocklist``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
+from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
                                             update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import phash_keys
 from mmc4_assets.storage import ShardStore
@@ -36,12 +38,12 @@ def image_hash_contribution(fetched: pl.DataFrame) -> pl.DataFrame:
             .collect())
 
 
-def _added_rows(state: CorpusState, shards: Iterable[str],
-                read: Callable[[str], pl.DataFrame]) -> pl.DataFrame:
-    parts = [read(s).select("key", "n").with_columns(shard=pl.lit(state.shard_id(s), pl.UInt32))
-             for s in shards]
-    return pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.UInt64, "n": pl.UInt32,
-                                                               "shard": pl.UInt32})
+def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str], pl.DataFrame],
+                 spill: BucketSpill) -> BucketSpill:
+    """Every new shard's rows, routed to their buckets on local disk (memory: one flush)."""
+    for s in shards:
+        spill.append(read(s).select("key", "n").with_columns(shard=pl.lit(state.shard_id(s), pl.UInt32)))
+    return spill
 
 
 def update_image_counts(store: ShardStore, latest: dict[str, int | None],
@@ -64,10 +66,11 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
     if full_recompute:
         state = state.fresh(settings)
     replaced = [state.registry[s]["id"] for s in (*changes, *removed) if s in state.registry]
-    added = _added_rows(state, changes, read_contribution)
-    if not full_recompute:
-        id_to_shard.update(state.shard_keys())
-    update = update_key_index(state, COUNTER, buckets, replaced, added)
+    with BucketSpill(buckets) as added:
+        _spill_added(state, changes, read_contribution, added)
+        if not full_recompute:
+            id_to_shard.update(state.shard_keys())
+        update = update_key_index(state, COUNTER, buckets, replaced, added, limit)
     over = update_over_limit(state, COUNTER, update, limit)
     if full_recompute:  # ids were renumbered: compare the over-limit sets themselves
         affected_set = over_set_changes(old_over, id_to_shard, over, state.shard_keys())
@@ -78,11 +81,12 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
         state.registry[s]["storage_id"] = version
     for s in removed:
         state.registry.pop(s, None)
-    version = state.commit(affected, **settings)
+    # the file lists every shard to (re)publish: affected ones and the newly absorbed
+    version = state.commit(set(affected) | set(changes), **settings)
     return CorpusUpdate(version, sorted(changes), removed, affected, full_recompute, state.affected_file, {
         "shards": len(state.registry), "index_rows": update.rows,
         "buckets_rewritten": update.buckets_rewritten, "images_over_limit": over.height,
-        "rows_added": added.height})
+        "rows_added": added.rows})
 
 
 @dataclass(frozen=True)
