@@ -29,6 +29,7 @@ from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, 
                                             update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
+from mmc4_assets.engine import map_ordered
 from mmc4_assets.storage import ShardStore
 
 NAME = "doc_index"
@@ -83,6 +84,11 @@ def contributions(fingerprints: pl.DataFrame, scheme: MinHashScheme = SCHEME) ->
             "band": count(doc_band_rows(fingerprints, scheme), "key")}
 
 
+def _shard_contributions(shard: str, read: Callable[[str], pl.DataFrame],
+                         scheme: MinHashScheme) -> dict[str, pl.DataFrame]:
+    return contributions(read(shard), scheme)
+
+
 def _dropped(edges: pl.DataFrame) -> pl.DataFrame:
     return edges.select(shard="b_shard", doc_id="b_doc").unique()
 
@@ -125,7 +131,7 @@ def _near_duplicate_edges(shared: pl.DataFrame, changed: set[str], id_to_shard: 
 def update_doc_index(store: ShardStore, latest: dict[str, int | None],
                      read_fingerprints: Callable[[str], pl.DataFrame], *, threshold: float = 0.8,
                      buckets: int = 16, scheme: MinHashScheme = SCHEME,
-                     full_recompute: bool = False) -> CorpusUpdate:
+                     full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the document index to ``latest`` (shard -> version of its fingerprints).
 
     Reads the fingerprints of new or changed shards, plus, for near-duplicate
@@ -160,9 +166,13 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
         # each counter's new rows go to disk by bucket: a batch or a full recompute holds one
         # shard's rows and one bucket in memory, never the corpus
         added = {c: stack.enter_context(BucketSpill(buckets)) for c in COUNTERS}
-        for shard in changes:
-            shard_id = state.shard_id(shard)
-            for counter, rows in contributions(read(shard), scheme).items():
+        order = sorted(changes)
+        ids = [state.shard_id(s) for s in order]  # assigned in order: the same with or without an engine
+        # the per-shard work (reading signatures, band keys) runs on the engine when given one
+        # (here, the caching reader: a small batch is read once for counting and verification)
+        reader = read if client is None else read_fingerprints
+        for shard_id, counts in zip(ids, map_ordered(client, _shard_contributions, order, reader, scheme)):
+            for counter, rows in counts.items():
                 added[counter].append(rows.with_columns(shard=pl.lit(shard_id, pl.UInt32)))
         id_to_shard = {**id_to_shard, **state.shard_keys()}
         affected: set[str] = set()

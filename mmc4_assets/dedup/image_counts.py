@@ -20,6 +20,7 @@ import polars as pl
 from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
                                             update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import phash_keys
+from mmc4_assets.engine import map_ordered
 from mmc4_assets.storage import ShardStore
 
 NAME = "image_counts"
@@ -39,16 +40,21 @@ def image_hash_contribution(fetched: pl.DataFrame) -> pl.DataFrame:
 
 
 def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str], pl.DataFrame],
-                 spill: BucketSpill) -> BucketSpill:
-    """Every new shard's rows, routed to their buckets on local disk (memory: one flush)."""
-    for s in shards:
-        spill.append(read(s).select("key", "n").with_columns(shard=pl.lit(state.shard_id(s), pl.UInt32)))
+                 spill: BucketSpill, client=None) -> BucketSpill:
+    """Every new shard's rows, routed to their buckets on local disk (memory: one flush).
+
+    With an engine client the shards are read on the cluster, a few in flight at a time.
+    """
+    shards = list(shards)
+    ids = [state.shard_id(s) for s in shards]  # assigned in order: the same ids with or without an engine
+    for shard_id, rows in zip(ids, map_ordered(client, read, shards)):
+        spill.append(rows.select("key", "n").with_columns(shard=pl.lit(shard_id, pl.UInt32)))
     return spill
 
 
 def update_image_counts(store: ShardStore, latest: dict[str, int | None],
                         read_contribution: Callable[[str], pl.DataFrame], *, limit: int = 10,
-                        buckets: int = 16, full_recompute: bool = False) -> CorpusUpdate:
+                        buckets: int = 16, full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the corpus counts to ``latest`` (shard -> version of its contribution).
 
     Only shards that are new or whose version differs from the absorbed one are read;
@@ -67,7 +73,7 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
         state = state.fresh(settings)
     replaced = [state.registry[s]["id"] for s in (*changes, *removed) if s in state.registry]
     with BucketSpill(buckets) as added:
-        _spill_added(state, changes, read_contribution, added)
+        _spill_added(state, sorted(changes), read_contribution, added, client)
         if not full_recompute:
             id_to_shard.update(state.shard_keys())
         update = update_key_index(state, COUNTER, buckets, replaced, added, limit)

@@ -8,11 +8,18 @@ from mmc4_assets.defs.resources import ShardSource
 
 STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
 
+# what a shard's run writes: its stages up to deduped_docs and its contributions to the corpus
+# state. Corpus updates batch many shards (corpus_update_job, started by corpus_update_sensor),
+# and publishing follows the update that includes the shard (corpus_publish_sensor).
+CONTRIBUTIONS = ("image_hash_counts", "doc_fingerprints")
+
 mmc4_shard_job = dg.define_asset_job(
     "mmc4_shard_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=(dg.AssetSelection.groups(GROUP) - dg.AssetSelection.assets("published_shards"))
+    | dg.AssetSelection.assets(*CONTRIBUTIONS),
     partitions_def=shards,
-    description="All MMC4 stages and their checks for one shard.",
+    description="One shard's stages up to deduped_docs, their checks, and its contributions to the corpus "
+                "state; the corpus update and publishing follow in their own runs.",
     # a run that dies with its process (OOM, preempted node) is retried by the daemon
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
 )
@@ -40,14 +47,17 @@ def shard_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardSou
     )
 
 
-def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit: int) -> list[tuple[str, str, int]]:
-    """(shard, reason, state id) for shards never published, or published before an upstream changed.
+def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit: int,
+                      done: str = "published_shards") -> list[tuple[str, str, int]]:
+    """(shard, reason, state id) for shards never done, or done before an upstream changed.
 
+    ``done`` names the output that marks a shard's run as complete (the schedule uses the
+    oldest of its corpus contributions: publishing is the corpus sensors' business).
     ``latest`` maps stage -> shard -> storage id of its latest materialization. The state id
     goes into the run key, so one state of a shard is requested once: a shard blocked by a
     failing check is not retried every tick, only after something upstream changes.
     """
-    published = latest.get("published_shards", {})
+    published = latest.get(done, {})
     out = []
     for key in keys:
         upstream = max((latest.get(s, {}).get(key, 0) for s in STAGES[:-1]), default=0)
@@ -68,10 +78,13 @@ def _refresh_schedule(cron: str, max_runs: int) -> dg.ScheduleDefinition:
         instance = context.instance
         keys = instance.get_dynamic_partitions(shards.name)
         latest = {s: dict(instance.get_latest_storage_id_by_partition(
-            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in STAGES}
-        todo = shards_to_refresh(keys, latest, max_runs)
+            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in (*STAGES[:-1], *CONTRIBUTIONS)}
+        contributed = [latest[c] for c in CONTRIBUTIONS]
+        latest["shard_run_done"] = {k: min(c[k] for c in contributed) for k in contributed[0]
+                                    if all(k in c for c in contributed)}
+        todo = shards_to_refresh(keys, latest, max_runs, done="shard_run_done")
         if not todo:
-            return dg.SkipReason(f"all {len(keys)} shards published and fresh")
+            return dg.SkipReason(f"all {len(keys)} shards processed and fresh")
         return [dg.RunRequest(partition_key=k, run_key=f"refresh:{k}:{state}", tags={"mmc4/refresh": reason})
                 for k, reason, state in todo]
 

@@ -12,6 +12,8 @@ from mmc4_assets.quality.rules import Outcome
 from mmc4_assets.stats import StepStats
 
 GROUP = "mmc4"
+# corpus-wide dedup: per-shard contributions and the unpartitioned corpus state they feed
+CORPUS_GROUP = "corpus"
 
 
 def config_hash(*parts: Any) -> str:
