@@ -109,32 +109,36 @@ def band_layout(max_distance: int, bits: int = 64) -> list[tuple[int, int]]:
     return [(int(s), int(w)) for s, w in zip(shifts, widths)]
 
 
-def band_rows(keys: np.ndarray, max_distance: int) -> pl.DataFrame:
-    """(key, band) per key and band, ``band`` = band index and value packed in one u64."""
-    keys = np.asarray(keys, dtype=np.uint64)
-    parts = []
-    for i, (shift, width) in enumerate(band_layout(max_distance)):
-        value = (keys >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        parts.append(pl.DataFrame({"key": keys, "band": value | np.uint64(i << 56)},
-                                  schema={"key": pl.UInt64, "band": pl.UInt64}))
-    return pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.UInt64, "band": pl.UInt64})
-
-
 def _within(a: pl.Series, b: pl.Series, max_distance: int) -> np.ndarray:
     return np.bitwise_count(a.to_numpy() ^ b.to_numpy()) <= max_distance
 
 
-def near_pairs(left: np.ndarray, right: np.ndarray, max_distance: int) -> pl.DataFrame:
+def _band(keys: np.ndarray, shift: int, width: int) -> np.ndarray:
+    return (keys >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+
+
+def near_pairs(left: np.ndarray, right: np.ndarray, max_distance: int, *, ordered: bool = False) -> pl.DataFrame:
     """Every (key, other) with key from ``left``, other from ``right`` and distance <= max_distance.
 
-    Distinct keys in, each pair once (a pair sharing several bands is deduplicated).
+    Distinct keys in, each pair once (a pair sharing several bands is deduplicated). One band
+    at a time: candidates of a band are verified (popcount) before the next band is joined,
+    so memory holds one band's candidates, not all six. ``ordered`` keeps only key < other
+    (a self-join: half the pairs).
     """
-    cand = (band_rows(left, max_distance)
-            .join(band_rows(right, max_distance).rename({"key": "other"}), on="band")
-            .select("key", "other").unique())
-    if cand.height == 0:
+    left, right = np.asarray(left, dtype=np.uint64), np.asarray(right, dtype=np.uint64)
+    found = []
+    for shift, width in band_layout(max_distance):
+        a = pl.DataFrame({"key": left, "band": _band(left, shift, width)})
+        b = pl.DataFrame({"other": right, "band": _band(right, shift, width)})
+        cand = a.join(b, on="band").select("key", "other")
+        if ordered:
+            cand = cand.filter(pl.col("key") < pl.col("other"))
+        if cand.height:
+            found.append(cand.filter(pl.Series(_within(cand["key"], cand["other"], max_distance))))
+        del cand
+    if not found:
         return pl.DataFrame(schema={"key": pl.UInt64, "other": pl.UInt64})
-    return cand.filter(pl.Series(_within(cand["key"], cand["other"], max_distance)))
+    return pl.concat(found).unique()
 
 
 def build_blocklist(sample: pl.DataFrame, rule: BlocklistRule) -> pl.DataFrame:
@@ -143,7 +147,9 @@ def build_blocklist(sample: pl.DataFrame, rule: BlocklistRule) -> pl.DataFrame:
     if counts.height == 0:
         return pl.DataFrame(schema=BLOCKLIST_SCHEMA)
     keys = counts["key"].to_numpy()
-    pairs = near_pairs(keys, keys, rule.max_distance).filter(pl.col("key") != pl.col("other"))
+    half = near_pairs(keys, keys, rule.max_distance, ordered=True)
+    # each unordered pair counts for both ends
+    pairs = pl.concat([half, half.select(key="other", other="key")])
     others = (pairs.join(counts.rename({"key": "other"}), on="other")
               .group_by("key").agg(near=pl.col("m").sum()))
     out = (counts.join(others, on="key", how="left")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ class CorpusState:
 
     def fresh(self, settings: dict[str, Any]) -> "CorpusState":
         """An empty state that will replace this one (a full recompute) on commit."""
-        new = CorpusState(self.store, self.name, version=self.version, settings=settings)
+        new = CorpusState(self.store, self.name, version=self.version, settings=dict(settings))
         new.loaded_version = self.loaded_version
         return new
 
@@ -198,16 +198,21 @@ def bucket_table(counter: str, bucket: int) -> str:
     return f"{counter}.b{bucket:04d}"
 
 
+SPILL_PARTS = 256          # a spill is cut this fine, so it serves any bucket count dividing it
+MAX_BUCKET_ROWS = 4_000_000  # an index grows its bucket count to stay under this many rows a bucket
+
+
 class BucketSpill:
-    """New key rows routed to ``key % buckets`` and spilled to local parquet parts.
+    """New key rows routed to ``key % SPILL_PARTS`` and spilled to local parquet parts.
 
     What makes a batch of many shards (or a full recompute of the whole corpus) run in
     bounded memory: rows are appended shard by shard, written out every ``flush_rows``,
-    and read back one bucket at a time. Memory: ``flush_rows`` rows plus one bucket.
+    and read back one bucket at a time (bucket b of B = the parts p with p % B == b, for
+    any B dividing SPILL_PARTS: the bucket count can be chosen once the row count is known).
     """
 
-    def __init__(self, buckets: int, schema: dict | None = None, flush_rows: int = 2_000_000):
-        self.buckets, self.schema, self.flush_rows = buckets, schema or KEY_ROWS, flush_rows
+    def __init__(self, schema: dict | None = None, flush_rows: int = 4_000_000):
+        self.schema, self.flush_rows = schema or KEY_ROWS, flush_rows
         self._dir = tempfile.TemporaryDirectory(prefix="mmc4-spill-")
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = self._parts = self.rows = 0
@@ -224,15 +229,18 @@ class BucketSpill:
     def flush(self) -> None:
         if not self._pending:
             return
-        frame = pl.concat(self._pending).with_columns(_b=(pl.col("key") % self.buckets).cast(pl.Int64))
-        for (b,), part in frame.partition_by("_b", as_dict=True, include_key=False).items():
-            part.write_parquet(Path(self._dir.name) / f"b{b:05d}.p{self._parts:06d}.parquet")
+        frame = pl.concat(self._pending).with_columns(_p=(pl.col("key") % SPILL_PARTS).cast(pl.Int64))
+        for (p,), part in frame.partition_by("_p", as_dict=True, include_key=False).items():
+            part.write_parquet(Path(self._dir.name) / f"p{p:04d}.f{self._parts:06d}.parquet")
         self._parts += 1
         self._pending, self._pending_rows = [], 0
 
-    def bucket(self, b: int) -> pl.DataFrame:
+    def bucket(self, b: int, buckets: int) -> pl.DataFrame:
+        if SPILL_PARTS % buckets:
+            raise ValueError(f"bucket count {buckets} must divide {SPILL_PARTS}")
         self.flush()
-        files = sorted(Path(self._dir.name).glob(f"b{b:05d}.p*.parquet"))
+        files = [f for p in range(b, SPILL_PARTS, buckets)
+                 for f in sorted(Path(self._dir.name).glob(f"p{p:04d}.f*.parquet"))]
         if not files:
             return pl.DataFrame(schema=self.schema)
         return pl.concat([pl.read_parquet(f) for f in files]).cast(self.schema)
@@ -245,6 +253,19 @@ class BucketSpill:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def index_buckets(state: CorpusState, counter: str, minimum: int) -> int:
+    """The bucket count a counter's index has now (``minimum`` for a new one)."""
+    return int(state.settings.get(f"{counter}.buckets", minimum))
+
+
+def grown_buckets(current: int, rows: int, minimum: int) -> int:
+    """Enough buckets (a power of two, never fewer than now) for ``rows`` at MAX_BUCKET_ROWS each."""
+    b = max(current, minimum, 1)
+    while rows > b * MAX_BUCKET_ROWS and b < SPILL_PARTS:
+        b *= 2
+    return b
 
 
 def _over_postings(old: pl.DataFrame, new: pl.DataFrame, touched: pl.DataFrame,
@@ -263,32 +284,42 @@ def _over_postings(old: pl.DataFrame, new: pl.DataFrame, touched: pl.DataFrame,
             _postings(new.join(over, on="key", how="semi")))
 
 
+def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    """(new bucket, its old rows): each old bucket read once, before anything replaces it,
+    and split into the new buckets it feeds (b, b + old_count, ...) when the count grew."""
+    for ob in range(old_count):
+        old = state.read(bucket_table(counter, ob), KEY_ROWS)
+        if count == old_count:
+            yield ob, old
+            continue
+        for b in range(ob, count, old_count):
+            yield b, old.filter((pl.col("key") % count) == b)
+
+
 def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: Iterable[int],
                      added: "pl.DataFrame | BucketSpill", limit: int = 0) -> KeyUpdate:
     """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket.
 
     ``added`` is a frame (a few shards) or a BucketSpill (a batch, a full recompute): either
-    way one bucket is in memory at a time. ``before``/``after`` keep only keys over ``limit``.
+    way one bucket is in memory at a time. ``buckets`` is the minimum bucket count: an index
+    whose rows outgrow MAX_BUCKET_ROWS a bucket doubles it (each old bucket splits in two),
+    so memory stays bounded at any corpus size. ``before``/``after`` keep only keys over ``limit``.
     """
     replaced = pl.Series(sorted(set(replaced)), dtype=pl.UInt32)
+    old_buckets = index_buckets(state, counter, buckets)
     if isinstance(added, pl.DataFrame):
-        added = added.select(list(KEY_ROWS)).cast(KEY_ROWS)
-        by_bucket = added.with_columns(b=(pl.col("key") % buckets).cast(pl.Int64)).partition_by(
-            "b", as_dict=True, include_key=False)
-
-        def new_rows_of(b: int) -> pl.DataFrame:
-            return by_bucket.get((b,), pl.DataFrame(schema=KEY_ROWS))
-    else:
-        def new_rows_of(b: int) -> pl.DataFrame:
-            return added.bucket(b)
+        frame = added.select(list(KEY_ROWS)).cast(KEY_ROWS)
+        added = BucketSpill()
+        added.append(frame)
+    old_rows = int(state.settings.get(f"{counter}.rows", 0))
+    count = grown_buckets(old_buckets, old_rows + added.rows, buckets)
     before, after = [], []
     rows = rewritten = 0
-    for b in range(buckets):
+    for b, old in _old_buckets(state, counter, old_buckets, count):
         table = bucket_table(counter, b)
-        old = state.read(table, KEY_ROWS)
-        new_rows = new_rows_of(b)
+        new_rows = added.bucket(b, count)
         stale = old.filter(pl.col("shard").is_in(replaced.implode()))
-        if stale.height == 0 and new_rows.height == 0:
+        if stale.height == 0 and new_rows.height == 0 and count == old_buckets:
             rows += old.height
             continue
         new = pl.concat([old.filter(~pl.col("shard").is_in(replaced.implode())), new_rows])
@@ -300,6 +331,7 @@ def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: I
         rows += new.height
         rewritten += 1
         del old, new, new_rows, stale, touched
+    state.settings.update({f"{counter}.buckets": count, f"{counter}.rows": rows})
     empty = pl.DataFrame(schema=POSTINGS)
     return KeyUpdate(pl.concat(before) if before else empty, pl.concat(after) if after else empty,
                      rows, rewritten)

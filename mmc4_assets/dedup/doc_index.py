@@ -139,7 +139,8 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = {"threshold": threshold, "buckets": buckets, "scheme": scheme.id}
-    full_recompute = full_recompute or bool(state.version and state.settings != settings)
+    full_recompute = full_recompute or bool(
+        state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, {"shards": len(state.registry)})
@@ -165,7 +166,7 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
     with contextlib.ExitStack() as stack:
         # each counter's new rows go to disk by bucket: a batch or a full recompute holds one
         # shard's rows and one bucket in memory, never the corpus
-        added = {c: stack.enter_context(BucketSpill(buckets)) for c in COUNTERS}
+        added = {c: stack.enter_context(BucketSpill()) for c in COUNTERS}
         order = sorted(changes)
         ids = [state.shard_id(s) for s in order]  # assigned in order: the same with or without an engine
         # the per-shard work (reading signatures, band keys) runs on the engine when given one

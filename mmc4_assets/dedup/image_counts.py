@@ -63,7 +63,8 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = {"limit": limit, "buckets": buckets}
-    full_recompute = full_recompute or bool(state.version and state.settings != settings)
+    full_recompute = full_recompute or bool(
+        state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, {"shards": len(state.registry)})
@@ -72,7 +73,7 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
     if full_recompute:
         state = state.fresh(settings)
     replaced = [state.registry[s]["id"] for s in (*changes, *removed) if s in state.registry]
-    with BucketSpill(buckets) as added:
+    with BucketSpill() as added:
         _spill_added(state, sorted(changes), read_contribution, added, client)
         if not full_recompute:
             id_to_shard.update(state.shard_keys())

@@ -322,5 +322,7 @@ def resources() -> dg.Definitions:
         return dg.Definitions(resources=production_resources(), executor=executor)
     if profile != "sample":
         raise ValueError(f"MMC4_PROFILE must be 'sample' or 'production', not {profile!r}")
-    return dg.Definitions(resources=sample_resources(default_storage_root(), s3=s3_resource_from_env()),
+    return dg.Definitions(resources=sample_resources(default_storage_root(), s3=s3_resource_from_env(),
+                                                     # copies of sample shards elsewhere (tests, demos)
+                                                     shards_root=os.environ.get("MMC4_SHARDS_ROOT")),
                           executor=executor)
