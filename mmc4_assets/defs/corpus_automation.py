@@ -111,23 +111,57 @@ def _current(store) -> dict[str, int]:
             "corpus_doc_index_version": CorpusState.load(store, DOC_INDEX).version}
 
 
-def shards_to_publish(instance: dg.DagsterInstance, store, candidates: list[str]) -> list[str]:
-    """Candidates absorbed by both corpus states and never published, or published from older decisions."""
-    current = _current(store)
+def shards_to_publish(instance: dg.DagsterInstance, store, listed: dict[str, dict[str, int]]) -> list[str]:
+    """Listed shards absorbed by both corpus states and never published, or published from a
+    state older than the one that listed them (``listed``: shard -> published metadata key ->
+    the version that listed it)."""
     absorbed = {asset: CorpusState.load(store, name).registry for asset, name in (
         ("image_hash_counts", image_state_name(store)), ("doc_fingerprints", DOC_INDEX))}
     latest = {asset: latest_versions(instance, asset) for asset in absorbed}
     out = []
-    for shard in candidates:
-        if any(absorbed[a].get(shard, {}).get("storage_id") != latest[a].get(shard) or shard not in latest[a]
+    for shard, versions in listed.items():
+        if any(shard not in latest[a] or absorbed[a].get(shard, {}).get("storage_id") != latest[a][shard]
                for a in absorbed):
             continue  # a later update absorbs it and lists it again
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=published_shards.key, asset_partitions=[shard]), limit=1).records
         md = records[0].asset_materialization.metadata if records else {}
-        if any((md[k].value if k in md else -1) < v for k, v in current.items()):
+        if any((md[k].value if k in md else -1) < v for k, v in versions.items()):
             out.append(shard)
     return out
+
+
+# corpus asset -> (its metadata key of the version publications record, published_shards' key for it)
+VERSION_KEYS = {"corpus_image_counts": ("generation", "corpus_image_counts_version"),
+                "corpus_doc_index": ("version", "corpus_doc_index_version")}
+
+
+def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict,
+                 log=None) -> dict[str, dict[str, int]]:
+    """Shards the finished corpus updates after ``cursor`` list for publication (advances ``cursor``)."""
+    listed: dict[str, dict[str, int]] = {}
+    for asset, (version_key, published_key) in VERSION_KEYS.items():
+        records = context_instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=cursor.get(asset)),
+            limit=50, ascending=True).records
+        for record in records:
+            run = context_instance.get_run_by_id(record.run_id)
+            if run is not None and not run.is_finished:
+                break  # the update's other asset may not have committed yet: next tick
+            md = record.asset_materialization.metadata
+            if "affected_file" in md:
+                folder = md["path"].value.rstrip("/").rsplit("/", 1)[-1]
+                shards_listed = read_affected(store, folder, md["affected_file"].value)
+                if shards_listed is None:  # pruned: a sensor this far behind publishes what it can see
+                    if log:
+                        log.warning(f"{asset} v{md['version'].value}: affected list pruned; "
+                                    "run mmc4_publish_job for all shards to be sure")
+                    shards_listed = []
+                for shard in shards_listed:
+                    versions = listed.setdefault(shard, {})
+                    versions[published_key] = max(versions.get(published_key, -1), md[version_key].value)
+            cursor[asset] = record.storage_id
+    return listed
 
 
 def _publish_sensor(interval_s: int) -> dg.SensorDefinition:
@@ -137,26 +171,7 @@ def _publish_sensor(interval_s: int) -> dg.SensorDefinition:
         """Publishes the shards a finished corpus update absorbed, and republishes those whose decisions it changed."""
         store = storage.store()
         cursor = json.loads(context.cursor) if context.cursor else {}
-        candidates: dict[str, None] = {}
-        for asset in (corpus_image_counts.key, corpus_doc_index.key):
-            records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=asset, after_storage_id=cursor.get(asset.path[-1])),
-                limit=50, ascending=True).records
-            for record in records:
-                run = context.instance.get_run_by_id(record.run_id)
-                if run is not None and not run.is_finished:
-                    break  # the update's other asset may not have committed yet: next tick
-                md = record.asset_materialization.metadata
-                if "affected_file" in md:
-                    folder = md["path"].value.rstrip("/").rsplit("/", 1)[-1]
-                    listed = read_affected(store, folder, md["affected_file"].value)
-                    if listed is None:  # pruned: a sensor this far behind publishes what it can see
-                        context.log.warning(f"{asset.path[-1]} v{md['version'].value}: affected list pruned; "
-                                            "run mmc4_publish_job for all shards to be sure")
-                        listed = []
-                    candidates.update(dict.fromkeys(listed))
-                cursor[asset.path[-1]] = record.storage_id
-        todo = shards_to_publish(context.instance, store, list(candidates))
+        todo = shards_to_publish(context.instance, store, listed_since(context.instance, store, cursor, context.log))
         if not todo:
             return dg.SensorResult(skip_reason="every absorbed shard is published from the current corpus state",
                                    cursor=json.dumps(cursor))
