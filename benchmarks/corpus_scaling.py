@@ -88,12 +88,11 @@ def make_data(root: Path, shards: int, keys: int, docs: int, seed: int = 0) -> N
 
 
 def _rss_mib(pid: int | str = "self", field: str = "VmHWM:") -> float:
-    try:
-        for line in open(f"/proc/{pid}/status"):
+    """Peak (VmHWM) or current (VmRSS) resident memory of a process, MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
             if line.startswith(field):
                 return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
     return 0.0
 
 
@@ -160,7 +159,7 @@ def blocklist_step(data, store, step: str, n: int, batch: int) -> dict:
 def measure(args, data: Path, state: Path, kind: str, step: str, n: int) -> dict:
     cmd = [sys.executable, __file__, "--_step", f"{kind}:{step}:{n}", "--workdir", str(data),
            "--_state", str(state), "--batch", str(args.batch)] + (["--engine"] if args.engine else [])
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{kind}:{step}:{n} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -183,7 +182,8 @@ def scaling(args) -> None:
     make_data(data, max(sizes) + args.batch, args.keys_per_shard, args.docs_per_shard)
     print(f"synthetic data: {max(sizes) + args.batch} shards x {args.keys_per_shard} image keys, "
           f"{args.docs_per_shard} docs ({time.perf_counter() - started:.0f}s to generate) in {data}")
-    print(f"machine: {os.cpu_count()} cpus (shared; wall-clock times); load average {open('/proc/loadavg').read().split()[0]}; "
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(f"machine: {os.cpu_count()} cpus (shared; wall-clock times); 1-min load average {load}; "
           f"engine for full recomputes: {'Dask LocalCluster, 2 workers' if args.engine else 'none (this process)'}\n")
     print("| shards N | step | what | s | peak MiB | shards read | result |")
     print("|---:|---|---|---:|---:|---:|---|")

@@ -25,7 +25,7 @@ import polars as pl
 import pytest
 
 from mmc4_assets.dedup.blocklist import NAME as BLOCKLIST
-from mmc4_assets.dedup.corpus_state import CorpusState, bucket_table, KEY_ROWS
+from mmc4_assets.dedup.corpus_state import KEY_ROWS, CorpusState, bucket_table
 from mmc4_assets.sample.server import sample_shard_path
 from mmc4_assets.storage import ShardStore
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import polars as pl
 
@@ -248,7 +248,7 @@ class BucketSpill:
     def close(self) -> None:
         self._dir.cleanup()
 
-    def __enter__(self) -> "BucketSpill":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -297,7 +297,7 @@ def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -
 
 
 def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: Iterable[int],
-                     added: "pl.DataFrame | BucketSpill", limit: int = 0) -> KeyUpdate:
+                     added: pl.DataFrame | BucketSpill, limit: int = 0) -> KeyUpdate:
     """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket.
 
     ``added`` is a frame (a few shards) or a BucketSpill (a batch, a full recompute): either

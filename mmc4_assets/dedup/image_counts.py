@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
-                                            update_key_index, update_over_limit)
+from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards,
+                                            over_set_changes, plan, update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import phash_keys
 from mmc4_assets.engine import map_ordered
 from mmc4_assets.storage import ShardStore

@@ -48,7 +48,7 @@ def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed
             yield client
 
 
-def map_ordered(client: "distributed.Client | None", fn, items, *args,  # noqa: F821
+def map_ordered(client: distributed.Client | None, fn, items, *args,  # noqa: F821
                 max_in_flight: int = 8, **kwargs) -> Iterator:
     """``fn(item, *args, **kwargs)`` for every item, results yielded in item order.
 
