@@ -44,6 +44,7 @@ from mmc4_assets.dedup.corpus_state import TableReader
 from mmc4_assets.dedup.doc_index import SCHEME, fingerprint_schema
 
 STOCK = 2000
+APPLY_MIN_BLOCKED = 1000  # the apply step looks up at least this many blocked hashes
 
 
 def shard_key(i: int) -> str:
@@ -146,6 +147,12 @@ def blocklist_step(data, store, step: str, n: int, batch: int) -> dict:
         out = {"blocklist_size": blocked.height, "sampled_images": state.read("sample", bl.SAMPLE_SCHEMA).height}
     else:  # apply: the lookup each shard's publication does, for `batch` shards
         blocklist, _, _ = bl.load_blocklist(store)
+        if blocklist.size < APPLY_MIN_BLOCKED:
+            # synthetic shards hold no picture frequent enough for MMC4's rule; so that the lookup
+            # does real work, block the sample's most-duplicated hashes (as a lower threshold would)
+            sample = state.read("sample", bl.SAMPLE_SCHEMA)
+            top = (sample.group_by("key").len().sort("len", "key", descending=True).head(APPLY_MIN_BLOCKED))
+            blocklist = bl.Blocklist(np.sort(top["key"].to_numpy()), blocklist.max_distance)
         dropped = images = 0
         for i in range(n, n + batch):
             phashes = [f"{k:016x}" for k in data.read_table("image_hash_counts", shard_key(i))["key"].to_list()]

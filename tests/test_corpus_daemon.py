@@ -11,6 +11,7 @@ shard must be absorbed exactly once.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import signal
@@ -134,7 +135,7 @@ def fast_dir(tmp_path):
 
 
 @pytest.mark.daemon
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_eight_concurrent_shard_runs_equal_a_serial_run(tmp_path, fast_dir):
     tmp_path = fast_dir
     shards_root = tmp_path / "shards"
@@ -159,7 +160,7 @@ def test_eight_concurrent_shard_runs_equal_a_serial_run(tmp_path, fast_dir):
     store = ShardStore(storage)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            deadline, done, story, settled = time.monotonic() + 480, False, "", 0
+            deadline, done, story, settled = time.monotonic() + 720, False, "", 0
             while time.monotonic() < deadline and settled < 2:
                 time.sleep(2)
                 done, story = _daemon_state(instance, store)
@@ -174,6 +175,8 @@ def test_eight_concurrent_shard_runs_equal_a_serial_run(tmp_path, fast_dir):
     finally:
         _end_group(daemon)
 
+    sizes = [len(r.asset_materialization.metadata["absorbed"].value) for r in updates]
+    print(f"{len(shard_runs)} shard runs; corpus updates absorbed {sorted(sizes, reverse=True)} shards")
     assert len(shard_runs) == N
     # every shard absorbed exactly once, in fewer updates than shards (batches)
     assert sorted(absorbed) == KEYS and len([r for r in updates if r.asset_materialization.metadata[
@@ -186,3 +189,37 @@ def test_eight_concurrent_shard_runs_equal_a_serial_run(tmp_path, fast_dir):
     url = CorpusState.load(store, "doc_index")
     assert sum(int(url.read(bucket_table("url", b), KEY_ROWS)["n"].sum()) for b in range(16)) == docs
     assert _published(storage) == serial
+
+
+def test_update_sensor_waits_for_a_batch_or_the_interval(tmp_path):
+    """Fewer than min_batch shards wait: no update until the oldest has waited max_wait."""
+    from mmc4_assets.defs.corpus_automation import _update_sensor
+    from mmc4_assets.defs.resources import StorageResource
+
+    storage = StorageResource(root=str(tmp_path))
+    sensor = _update_sensor(min_batch=3, max_wait_s=3600, interval_s=1)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("shards", KEYS[:4])
+
+        def finish(*keys):  # what a shard run leaves: both contributions materialized
+            for key in keys:
+                for asset in ("image_hash_counts", "doc_fingerprints"):
+                    instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
+
+        def tick(cursor=None):
+            return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage}))
+
+        assert "no shard waits" in tick().skip_reason.skip_message
+        finish(*KEYS[:2])
+        two = tick()
+        assert not two.run_requests and "2 shard(s) waiting" in two.skip_reason.skip_message
+        assert tick(two.cursor).cursor == two.cursor  # the wait is measured from the first sighting
+        finish(KEYS[2])
+        due = tick(two.cursor)
+        assert len(due.run_requests) == 1 and due.run_requests[0].tags["mmc4/batch_shards"] == "3"
+        old = json.dumps({"waiting_since": time.time() - 7200})
+        finish(KEYS[3])
+        assert len(tick(old).run_requests) == 1  # one shard, but it waited past max_wait
+        instance.add_run(dg.DagsterRun(job_name="corpus_update_job", run_id="a" * 36,
+                                       status=dg.DagsterRunStatus.STARTED))
+        assert "in flight" in tick().skip_reason.skip_message  # never two updates at once
