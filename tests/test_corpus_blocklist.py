@@ -128,15 +128,40 @@ def test_lookup_is_exact_against_brute_force():
     assert bl.matches(hexes) == brute and len(brute) >= 20
 
 
-def test_table_reader_runs_on_the_engine(tmp_path, stock_tables):
+def test_full_recompute_on_the_engine_equals_one_process(tmp_path, stock_tables):
+    """The same code on a Dask LocalCluster: the same sample, document index and exact counts."""
+    import random
+
+    from mmc4_assets.dedup.doc_index import load_doc_decisions, update_doc_index
+    from mmc4_assets.dedup.image_counts import load_image_counts, update_image_counts
     from mmc4_assets.engine import EngineSettings, dask_client
+    from test_corpus_index import VOCAB, _fingerprints
 
     tables, _ = stock_tables
-    store = ShardStore(tmp_path)
-    for s, t in tables.items():
-        store.write_table("image_hash_counts", s, t)
+    data = ShardStore(tmp_path / "data")
+    rng = random.Random(3)
+    shared = " ".join(rng.choice(VOCAB) for _ in range(80))
+    for i, (s, t) in enumerate(tables.items()):
+        data.write_table("image_hash_counts", s, t)
+        docs = [(f"https://{s}.test/{j}", " ".join(rng.choice(VOCAB) for _ in range(60))) for j in range(5)]
+        docs += [("https://shared.test/", shared + f" tail {i}")]  # a URL duplicate and near-duplicates
+        data.write_table("doc_fingerprints", s, _fingerprints(s, docs))
+    latest = {s: 1 for s in tables}
+    counts, fps = TableReader(data, "image_hash_counts", ("key", "n")), TableReader(data, "doc_fingerprints")
     rule = BlocklistRule(sample_size=300)
-    local = sample_shards(sorted(tables), TableReader(store, "image_hash_counts"), rule, chunk=3)
+    here, there = ShardStore(tmp_path / "here"), ShardStore(tmp_path / "there")
     with dask_client(EngineSettings(n_workers=1, memory_limit="1GiB")) as client:
-        remote = sample_shards(sorted(tables), TableReader(store, "image_hash_counts"), rule, client, chunk=3)
-    assert remote.equals(local)
+        for store, c in ((here, None), (there, client)):
+            update_image_blocklist(store, latest, counts, rule, full_recompute=True, client=c)
+            update_doc_index(store, latest, fps, full_recompute=True, client=c)
+            update_image_counts(store, latest, counts, limit=2, full_recompute=True, client=c)
+    assert load_blocklist(here)[2]["blocklist_id"] == load_blocklist(there)[2]["blocklist_id"]
+    from mmc4_assets.dedup.corpus_state import CorpusState
+
+    assert CorpusState.load(here, "image_blocklist").read("sample", {}).equals(
+        CorpusState.load(there, "image_blocklist").read("sample", {}))
+    assert load_image_counts(here).over_limit == load_image_counts(there).over_limit != frozenset()
+    for s in tables:
+        a, b = load_doc_decisions(here, s), load_doc_decisions(there, s)
+        assert a.near_duplicates == b.near_duplicates and a.url_owner == b.url_owner
+    assert load_doc_decisions(here, "s7").near_duplicates  # the shared text: later copies are dropped
