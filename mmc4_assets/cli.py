@@ -50,29 +50,31 @@ def sample_main(argv: list[str] | None = None) -> int:
     d = defs()
     # INFO keeps the stage logs (page records found, progress) without Dagster's step-event DEBUG lines
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
-    # the page stages first, as a deployment runs them: each archive read once, then the join
+    # what a deployment does for a crawl: each archive read once, the page join, the shard's
+    # run, a corpus update (the sensor batches shards; here a batch of one), then publishing
     archive_keys = list(d.resources["source"].process_config_and_initialize().archive_keys())
     instance.add_dynamic_partitions(archives.name, archive_keys)
-    results = [d.resolve_job_def("page_records_job").execute_in_process(
-        instance=instance, partition_key=key, run_config=run_config, raise_on_error=False) for key in archive_keys]
-    results.append(d.resolve_job_def("shard_pages_job").execute_in_process(
-        instance=instance, partition_key=SAMPLE_SHARD, run_config=run_config, raise_on_error=False))
-    job = d.resolve_job_def("mmc4_shard_job")
-    result = job.execute_in_process(instance=instance, partition_key=SAMPLE_SHARD, run_config=run_config,
-                                    raise_on_error=False) if all(r.success for r in results) else results[-1]
+    steps = [("page_records_job", key) for key in archive_keys] + [
+        ("shard_pages_job", SAMPLE_SHARD), ("mmc4_shard_job", SAMPLE_SHARD), ("corpus_update_job", None),
+        ("mmc4_publish_job", SAMPLE_SHARD)]
+    results = []
+    for name, partition in steps:
+        result = d.resolve_job_def(name).execute_in_process(
+            instance=instance, partition_key=partition, run_config=run_config, raise_on_error=False)
+        results.append(result)
+        if not result.success:
+            print(f"sample run {result.run_id} ({name}) FAILED after {time.perf_counter() - started:.1f}s; "
+                  "see `dg dev` or the log above", file=sys.stderr)
+            return 1
     elapsed = time.perf_counter() - started
-    if not all(r.success for r in results) or not result.success:
-        print(f"sample run {result.run_id} FAILED after {elapsed:.1f}s; see `dg dev` or the log above",
-              file=sys.stderr)
-        return 1
-    print(f"\nsample run {result.run_id} succeeded in {elapsed:.1f}s")
-    for mat in [m for r in [*results, result] for m in r.get_asset_materialization_events()]:
+    print(f"\nsample runs {', '.join(r.run_id[:8] for r in results)} succeeded in {elapsed:.1f}s")
+    for mat in (m for r in results for m in r.get_asset_materialization_events()):
         md = mat.step_materialization_data.materialization.metadata
         key = mat.asset_key.to_user_string()
         counts = ", ".join(f"{k}={md[k].value}" for k in ("num_docs", "num_candidates", "num_ok", "num_images",
                                                           "num_records", "num_pages") if k in md)
         print(f"  {key:18s} {counts}")
-    for check in [c for r in [*results, result] for c in r.get_asset_check_evaluations()]:
+    for check in (c for r in results for c in r.get_asset_check_evaluations()):
         print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
     store = open_store()  # the root and MMC4_S3_* settings the run's resources used
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")

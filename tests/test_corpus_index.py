@@ -201,12 +201,32 @@ def test_scheme_or_threshold_change_forces_a_full_recompute(tmp_path):
     assert again.full_recompute and again.absorbed == ["a"]
 
 
-@pytest.mark.parametrize("buckets", [1, 7])
+@pytest.mark.parametrize("buckets", [1, 8])
 def test_bucket_count_does_not_change_results(tmp_path, buckets):
     store = ShardStore(tmp_path)
     tables = {s: image_hash_contribution(_fetched(6, shard=s)) for s in ("a", "b")}
     update_image_counts(store, {"a": 1, "b": 1}, Reader(tables), buckets=buckets)
     assert load_image_counts(store).is_frequent(AD)
+
+
+def test_an_index_that_outgrows_its_buckets_splits_them(tmp_path, monkeypatch):
+    import mmc4_assets.dedup.corpus_state as cs
+
+    monkeypatch.setattr(cs, "MAX_BUCKET_ROWS", 20)  # a few shards overflow 2 buckets
+    tables = {f"s{i}": image_hash_contribution(_fetched(2 + i % 3, unique=8, shard=f"s{i}")) for i in range(6)}
+    grown = ShardStore(tmp_path / "grown")
+    for i in range(1, 7):  # shard by shard: 2 -> 4 -> 8 buckets as rows accumulate
+        update = update_image_counts(grown, {f"s{j}": 1 for j in range(i)}, Reader(tables), buckets=2)
+    state = CorpusState.load(grown, "image_counts")
+    assert state.settings["phash.buckets"] >= 4 and state.settings["phash.rows"] == update.stats["index_rows"]
+    rows = pl.concat([state.read(f"phash.b{b:04d}", cs.KEY_ROWS) for b in range(state.settings["phash.buckets"])])
+    assert all((k % state.settings["phash.buckets"]) == b for b in range(state.settings["phash.buckets"])
+               for k in state.read(f"phash.b{b:04d}", cs.KEY_ROWS)["key"].to_list())
+    assert rows.height == sum(t.height for t in tables.values())  # every shard's rows exactly once
+    fresh = ShardStore(tmp_path / "fresh")
+    update_image_counts(fresh, {f"s{j}": 1 for j in range(6)}, Reader(tables), buckets=2)
+    assert load_image_counts(fresh).over_limit == load_image_counts(grown).over_limit and \
+        load_image_counts(grown).is_frequent(AD)
 
 
 def test_corpus_state_on_an_object_store(s3_server):  # noqa: F811  (the fixture)

@@ -15,7 +15,7 @@ import pytest
 
 from mmc4_assets.dedup.shard import DEDUPED_SCHEMA
 from mmc4_assets.defs.classifiers import FeatureClassifiers
-from mmc4_assets.defs.corpus_automation import corpus_republish_sensor
+from mmc4_assets.defs.corpus_automation import _publish_sensor
 from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts
 from mmc4_assets.defs.doc_fingerprints import doc_fingerprints
@@ -30,7 +30,7 @@ from mmc4_assets.storage import ShardStore
 
 from test_corpus_classifiers import DIM, train_torch_mlp
 
-AD = "00000000000000ad"  # the stock picture: 6 documents on a, 4 on b, 1 on c
+AD = "00000000000000ad"  # the stock picture: 6 documents on a, 4 on b, 2 on c
 CORPUS_ASSETS = [image_hash_counts, doc_fingerprints, image_classifier_scores, corpus_image_counts,
                  corpus_doc_index, published_shards, published_shards_match_mmc4_schema]
 WORDS = [f"word{i}" for i in range(4000)]
@@ -84,7 +84,7 @@ def _docs(shard: str, n: int, ad_docs: int, seed: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Shards a, b, c materialized one after another; c tips the stock picture over 10."""
+    """Shards a, b, c materialized one after another; c tips the stock picture over 10 duplicates."""
     root = tmp_path_factory.mktemp("corpus")
     store = ShardStore(root)
     weights = root / "face.pt"
@@ -94,7 +94,7 @@ def corpus(tmp_path_factory):
     a = _docs("a", 8, ad_docs=6, seed=1)
     a[7]["images"].append(("face-a-7.jpg", _phash("face", 7)))
     b = _docs("b", 6, ad_docs=4, seed=2)
-    c = _docs("c", 4, ad_docs=1, seed=3)
+    c = _docs("c", 4, ad_docs=2, seed=3)
     c[1]["text_list"] = a[2]["text_list"] + ["One more closing sentence."]  # near-duplicate of a:2
     c[2]["url"] = b[3]["url"]                                               # same URL as b:3
     for shard, docs in (("a", a), ("b", b), ("c", c)):
@@ -129,13 +129,18 @@ def test_every_run_succeeds_with_its_blocking_check(corpus):
         assert [c.passed for c in result.get_asset_check_evaluations()] == [True]
 
 
-def test_ten_documents_keep_the_picture_the_eleventh_drops_it(corpus):
+def test_more_than_ten_duplicates_in_the_sample_drop_the_picture(corpus):
     after_b = corpus["published_after"]["b"]
-    assert sum(n.startswith("ad-") for n in _images(after_b["a"] + after_b["b"])) == 10  # 6 + 4: kept
+    assert sum(n.startswith("ad-") for n in _images(after_b["a"] + after_b["b"])) == 10  # 9 duplicates each: kept
     after_c = corpus["published_after"]["c"]
-    assert not any(n.startswith("ad-") for n in _images(after_c["c"]))  # c is published without it
+    assert not any(n.startswith("ad-") for n in _images(after_c["c"]))  # 12 copies, 11 duplicates: blocked
     md = _md(corpus["results"]["c"], "published_shards")
-    assert md["images_dropped_frequent_image"] == 1
+    # c:0 drops it; c:1 (the other copy) is a near-duplicate of a:2 and goes as a whole document
+    assert md["images_dropped_frequent_image"] == md["images_dropped_by_image_rule"] == 1
+    assert md["image_rule"] == "mmc4_sample_blocklist"
+    rule = _md(corpus["results"]["c"], "corpus_image_counts")
+    assert (rule["rule"], rule["blocklist_size"], rule["sampled_images"]) == ("mmc4_sample_blocklist", 1, 15 + 10 + 6)
+    assert rule["sample_size"] == 60_000 and rule["blocklist_changed"]
 
 
 def test_the_aggregate_reads_only_the_new_shard(corpus):
@@ -166,7 +171,8 @@ def test_face_classifier_fills_face_detections_and_the_ff_subset(corpus):
                                  ("mmc4-core", ("published", "mmc4-core"), "docs_shard_a_v3"),
                                  ("mmc4-core-ff", ("published", "mmc4-core-ff"), "docs_shard_a_v3")):
         manifest = read_manifest(store, f"{name}.manifest.json", folder)
-        assert manifest["subset"] == subset and manifest["corpus"]["max_docs_per_image"] == 10
+        assert manifest["subset"] == subset and manifest["corpus"]["image_rule"] == "mmc4_sample_blocklist"
+        assert manifest["corpus"]["max_near_duplicates"] == 10 and manifest["corpus"]["sample_size"] == 60_000
         assert manifest["classifiers"]["nsfw"].startswith("off")
     md = _md(corpus["results"]["a"], "published_shards")
     # core: five sentences, well-matched images; a:0-5 and a:7 hold 2 images (the stock picture
@@ -178,7 +184,8 @@ def test_face_classifier_fills_face_detections_and_the_ff_subset(corpus):
 def test_sensor_republishes_the_shards_a_later_shard_changed(corpus):
     instance, store = corpus["instance"], corpus["store"]
     context = dg.build_sensor_context(instance=instance, resources={"storage": corpus["resources"]["storage"]})
-    result = corpus_republish_sensor(context)
+    sensor = _publish_sensor(60)
+    result = sensor(context)
     requested = sorted(r.partition_key for r in result.run_requests)
     assert requested == ["a", "b"]  # c was published after the change; a and b before it
     for shard in requested:
@@ -189,7 +196,7 @@ def test_sensor_republishes_the_shards_a_later_shard_changed(corpus):
     docs_b = read_shard(store, "docs_shard_b_v2.jsonl.zip")
     assert [d["could_have_url_duplicate"] for d in docs_b if d["url"] == "https://b.test/3"] == [1]
     # nothing is behind any more
-    again = corpus_republish_sensor(dg.build_sensor_context(
+    again = sensor(dg.build_sensor_context(
         instance=instance, cursor=context.cursor, resources={"storage": corpus["resources"]["storage"]}))
     assert not again.run_requests
 

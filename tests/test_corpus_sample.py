@@ -78,7 +78,7 @@ def test_full_set_keeps_its_path_and_every_deduped_document(sample_run):
     assert all(schema_errors(d) == [] for d in docs)
     manifest = json.loads((root / "published" / "docs_shard_0_v2.manifest.json").read_text())
     assert manifest["subset"] == "full" and manifest["num_docs"] == len(docs)
-    assert manifest["classifiers"]["nsfw"].startswith("on") and manifest["corpus"]["image_counts_version"] == 1
+    assert manifest["classifiers"]["nsfw"].startswith("on") and manifest["corpus"]["image_rule_generation"] == 1
 
 
 def test_subsets_follow_their_rules_and_manifests(sample_run):

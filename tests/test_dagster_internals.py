@@ -94,6 +94,12 @@ def test_config_helpers_used_by_the_deploy_tests():
     assert di.ConfigurableClassData._fields == ("module_name", "class_name", "config_yaml")
 
 
+def test_run_monitoring_pass_used_by_the_killed_run_test():
+    # tests/test_killed_runs.py runs one pass of the daemon's check on a run stuck STARTING
+    assert _params(di.run_monitoring.monitor_starting_run)[:3] == ["instance", "run_record", "logger"]
+    assert callable(di.run_monitoring.get_current_timestamp)
+
+
 def _private_dagster_imports(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.instance.config import dagster_instance_config
+from mmc4_assets.deploy.dagster_internals import dagster_instance_config, run_monitoring
 
 from mmc4_assets.storage import ShardStore
 from mmc4_assets.storage.store import sweep_temp_files
@@ -43,8 +43,7 @@ def test_both_instance_configs_monitor_runs_and_retry_them(name, tmp_path, monke
 
 def test_a_run_whose_launch_died_is_marked_failed_by_the_monitoring_daemon(tmp_path, monkeypatch):
     """One pass of Dagster's run-monitoring daemon over the local instance config."""
-    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
-    from dagster._daemon.monitoring import run_monitoring
+    from dagster import DagsterRun, DagsterRunStatus
 
     (tmp_path / "dagster.yaml").write_text((HOME / "dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))

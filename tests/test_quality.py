@@ -82,10 +82,23 @@ def test_published_suite_counts_and_parses(gx_runner):
 
 
 def test_refresh_picks_missing_then_stale_bounded():
-    latest = {"raw_c4": {"a": 5, "b": 6, "c": 7, "d": 30}, "published_shards": {"a": 10, "d": 20}}
-    assert shards_to_refresh(["a", "b", "c", "d"], latest, limit=10) == [
-        ("b", "missing", 6), ("c", "missing", 7), ("d", "stale", 30)]
-    assert len(shards_to_refresh(["a", "b", "c", "d"], latest, limit=1)) == 1
+    from mmc4_assets.defs.automation import SHARD_RUN_INPUTS
+
+    # a finished run whose contribution ran before later stages (image_hash_counts right after
+    # fetched_images) is fresh; a re-joined page table or a re-made raw_c4 makes the shard stale
+    run = {"shard_pages": 1, "raw_c4": 2, "fetched_images": 3, "image_hash_counts": 4, "clip_scores": 5,
+           "assignments": 6, "deduped_docs": 7, "doc_fingerprints": 8}
+    shards = {"fresh": run, "missing": {k: v for k, v in run.items() if k != "doc_fingerprints"},
+              "rejoined": {**run, "shard_pages": 30}, "remade": {**run, "raw_c4": 40}, "no_pages": {
+                  k: v for k, v in run.items() if k != "shard_pages"}}
+    assert set(SHARD_RUN_INPUTS) < set(run)
+    latest: dict[str, dict[str, int]] = {}
+    for key, ids in shards.items():
+        for asset, i in ids.items():
+            latest.setdefault(asset, {})[key] = i
+    assert shards_to_refresh(list(shards), latest, limit=10) == [
+        ("missing", "missing", 7), ("rejoined", "stale", 30), ("remade", "stale", 40)]
+    assert len(shards_to_refresh(list(shards), latest, limit=1)) == 1
 
 
 def test_funnel_rows_follow_the_stages_with_reasons():

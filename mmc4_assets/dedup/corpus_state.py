@@ -19,10 +19,12 @@ touches (all of them, for a whole shard) and holds one bucket in memory at a tim
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import polars as pl
 
@@ -69,7 +71,7 @@ class CorpusState:
 
     def fresh(self, settings: dict[str, Any]) -> "CorpusState":
         """An empty state that will replace this one (a full recompute) on commit."""
-        new = CorpusState(self.store, self.name, version=self.version, settings=settings)
+        new = CorpusState(self.store, self.name, version=self.version, settings=dict(settings))
         new.loaded_version = self.loaded_version
         return new
 
@@ -107,10 +109,11 @@ class CorpusState:
     def commit(self, affected: Iterable[str] = (), **settings: Any) -> int:
         """Publish staged tables, the registry and the affected shards as the next version.
 
-        ``affected`` lists the shards whose published output this version changes; it is
-        written before ``state.json`` (``affected_file``), so a committed version always
-        has it. Refuses when someone else committed since this state was loaded (a last
-        check, not a lock: run the corpus assets in a pool of size 1 to rule the race out).
+        ``affected`` lists the shards to (re)publish from this version: the newly absorbed
+        ones and those whose published output it changes; it is written before
+        ``state.json`` (``affected_file``), so a committed version always has it. Refuses
+        when someone else committed since this state was loaded (a last check, not a lock:
+        corpus updates run one at a time, see dagster.yaml).
         """
         if CorpusState.load(self.store, self.name).version != self.loaded_version:
             for filename in self._staged.values():
@@ -195,30 +198,140 @@ def bucket_table(counter: str, bucket: int) -> str:
     return f"{counter}.b{bucket:04d}"
 
 
+SPILL_PARTS = 256          # a spill is cut this fine, so it serves any bucket count dividing it
+MAX_BUCKET_ROWS = 4_000_000  # an index grows its bucket count to stay under this many rows a bucket
+
+
+class BucketSpill:
+    """New key rows routed to ``key % SPILL_PARTS`` and spilled to local parquet parts.
+
+    What makes a batch of many shards (or a full recompute of the whole corpus) run in
+    bounded memory: rows are appended shard by shard, written out every ``flush_rows``,
+    and read back one bucket at a time (bucket b of B = the parts p with p % B == b, for
+    any B dividing SPILL_PARTS: the bucket count can be chosen once the row count is known).
+    """
+
+    def __init__(self, schema: dict | None = None, flush_rows: int = 4_000_000):
+        self.schema, self.flush_rows = schema or KEY_ROWS, flush_rows
+        self._dir = tempfile.TemporaryDirectory(prefix="mmc4-spill-")
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = self._parts = self.rows = 0
+
+    def append(self, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
+        self._pending.append(frame.select(list(self.schema)).cast(self.schema))
+        self._pending_rows += frame.height
+        self.rows += frame.height
+        if self._pending_rows >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        frame = pl.concat(self._pending).with_columns(_p=(pl.col("key") % SPILL_PARTS).cast(pl.Int64))
+        for (p,), part in frame.partition_by("_p", as_dict=True, include_key=False).items():
+            part.write_parquet(Path(self._dir.name) / f"p{p:04d}.f{self._parts:06d}.parquet")
+        self._parts += 1
+        self._pending, self._pending_rows = [], 0
+
+    def bucket(self, b: int, buckets: int) -> pl.DataFrame:
+        if SPILL_PARTS % buckets:
+            raise ValueError(f"bucket count {buckets} must divide {SPILL_PARTS}")
+        self.flush()
+        files = [f for p in range(b, SPILL_PARTS, buckets)
+                 for f in sorted(Path(self._dir.name).glob(f"p{p:04d}.f*.parquet"))]
+        if not files:
+            return pl.DataFrame(schema=self.schema)
+        return pl.concat([pl.read_parquet(f) for f in files]).cast(self.schema)
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def index_buckets(state: CorpusState, counter: str, minimum: int) -> int:
+    """The bucket count a counter's index has now (``minimum`` for a new one)."""
+    return int(state.settings.get(f"{counter}.buckets", minimum))
+
+
+def grown_buckets(current: int, rows: int, minimum: int) -> int:
+    """Enough buckets (a power of two, never fewer than now) for ``rows`` at MAX_BUCKET_ROWS each."""
+    b = max(current, minimum, 1)
+    while rows > b * MAX_BUCKET_ROWS and b < SPILL_PARTS:
+        b *= 2
+    return b
+
+
+def _over_postings(old: pl.DataFrame, new: pl.DataFrame, touched: pl.DataFrame,
+                   limit: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """POSTINGS before and after, only for touched keys over ``limit`` on either side.
+
+    The other touched keys can flip nothing, so they are never materialized as lists:
+    a batch touching millions of keys keeps only the few that matter.
+    """
+    def sums(rows: pl.DataFrame) -> pl.DataFrame:
+        return rows.join(touched, on="key", how="semi").group_by("key").agg(pl.col("n").sum())
+
+    over = pl.concat([sums(old).filter(pl.col("n") > limit)["key"],
+                      sums(new).filter(pl.col("n") > limit)["key"]]).unique().to_frame()
+    return (_postings(old.join(over, on="key", how="semi")),
+            _postings(new.join(over, on="key", how="semi")))
+
+
+def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -> Iterator[tuple[int, pl.DataFrame]]:
+    """(new bucket, its old rows): each old bucket read once, before anything replaces it,
+    and split into the new buckets it feeds (b, b + old_count, ...) when the count grew."""
+    for ob in range(old_count):
+        old = state.read(bucket_table(counter, ob), KEY_ROWS)
+        if count == old_count:
+            yield ob, old
+            continue
+        for b in range(ob, count, old_count):
+            yield b, old.filter((pl.col("key") % count) == b)
+
+
 def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: Iterable[int],
-                     added: pl.DataFrame) -> KeyUpdate:
-    """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket."""
+                     added: pl.DataFrame | BucketSpill, limit: int = 0) -> KeyUpdate:
+    """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket.
+
+    ``added`` is a frame (a few shards) or a BucketSpill (a batch, a full recompute): either
+    way one bucket is in memory at a time. ``buckets`` is the minimum bucket count: an index
+    whose rows outgrow MAX_BUCKET_ROWS a bucket doubles it (each old bucket splits in two),
+    so memory stays bounded at any corpus size. ``before``/``after`` keep only keys over ``limit``.
+    """
     replaced = pl.Series(sorted(set(replaced)), dtype=pl.UInt32)
-    added = added.select(list(KEY_ROWS)).cast(KEY_ROWS)
-    by_bucket = added.with_columns(b=(pl.col("key") % buckets).cast(pl.Int64)).partition_by(
-        "b", as_dict=True, include_key=False)
+    old_buckets = index_buckets(state, counter, buckets)
+    if isinstance(added, pl.DataFrame):
+        frame = added.select(list(KEY_ROWS)).cast(KEY_ROWS)
+        added = BucketSpill()
+        added.append(frame)
+    old_rows = int(state.settings.get(f"{counter}.rows", 0))
+    count = grown_buckets(old_buckets, old_rows + added.rows, buckets)
     before, after = [], []
     rows = rewritten = 0
-    for b in range(buckets):
+    for b, old in _old_buckets(state, counter, old_buckets, count):
         table = bucket_table(counter, b)
-        old = state.read(table, KEY_ROWS)
-        new_rows = by_bucket.get((b,), pl.DataFrame(schema=KEY_ROWS))
-        stale = old.filter(pl.col("shard").is_in(replaced))
-        if stale.height == 0 and new_rows.height == 0:
+        new_rows = added.bucket(b, count)
+        stale = old.filter(pl.col("shard").is_in(replaced.implode()))
+        if stale.height == 0 and new_rows.height == 0 and count == old_buckets:
             rows += old.height
             continue
-        new = pl.concat([old.filter(~pl.col("shard").is_in(replaced)), new_rows])
+        new = pl.concat([old.filter(~pl.col("shard").is_in(replaced.implode())), new_rows])
         touched = pl.concat([stale["key"], new_rows["key"]]).unique().to_frame()
-        before.append(_postings(old.join(touched, on="key", how="semi")))
-        after.append(_postings(new.join(touched, on="key", how="semi")))
+        was, now = _over_postings(old, new, touched, limit)
+        before.append(was)
+        after.append(now)
         state.stage(table, new)
         rows += new.height
         rewritten += 1
+        del old, new, new_rows, stale, touched
+    state.settings.update({f"{counter}.buckets": count, f"{counter}.rows": rows})
     empty = pl.DataFrame(schema=POSTINGS)
     return KeyUpdate(pl.concat(before) if before else empty, pl.concat(after) if after else empty,
                      rows, rewritten)
@@ -278,3 +391,15 @@ def over_set_changes(old: pl.DataFrame, old_ids: dict[int, str], new: pl.DataFra
             if a[key] != b[key]:
                 out |= a[key] | b[key]
     return out
+
+
+@dataclass(frozen=True)
+class TableReader:
+    """``read(shard)`` of one per-shard table: picklable, so engine workers can call it too."""
+
+    store: ShardStore
+    table: str
+    columns: tuple[str, ...] | None = None
+
+    def __call__(self, shard: str) -> pl.DataFrame:
+        return self.store.read_table(self.table, shard, list(self.columns) if self.columns else None)

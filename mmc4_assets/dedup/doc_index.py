@@ -18,16 +18,18 @@ order shards arrived in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
-                                            update_key_index, update_over_limit)
+from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards,
+                                            over_set_changes, plan, update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
+from mmc4_assets.engine import map_ordered
 from mmc4_assets.storage import ShardStore
 
 NAME = "doc_index"
@@ -82,6 +84,11 @@ def contributions(fingerprints: pl.DataFrame, scheme: MinHashScheme = SCHEME) ->
             "band": count(doc_band_rows(fingerprints, scheme), "key")}
 
 
+def _shard_contributions(shard: str, read: Callable[[str], pl.DataFrame],
+                         scheme: MinHashScheme) -> dict[str, pl.DataFrame]:
+    return contributions(read(shard), scheme)
+
+
 def _dropped(edges: pl.DataFrame) -> pl.DataFrame:
     return edges.select(shard="b_shard", doc_id="b_doc").unique()
 
@@ -124,7 +131,7 @@ def _near_duplicate_edges(shared: pl.DataFrame, changed: set[str], id_to_shard: 
 def update_doc_index(store: ShardStore, latest: dict[str, int | None],
                      read_fingerprints: Callable[[str], pl.DataFrame], *, threshold: float = 0.8,
                      buckets: int = 16, scheme: MinHashScheme = SCHEME,
-                     full_recompute: bool = False) -> CorpusUpdate:
+                     full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the document index to ``latest`` (shard -> version of its fingerprints).
 
     Reads the fingerprints of new or changed shards, plus, for near-duplicate
@@ -132,7 +139,8 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = {"threshold": threshold, "buckets": buckets, "scheme": scheme.id}
-    full_recompute = full_recompute or bool(state.version and state.settings != settings)
+    full_recompute = full_recompute or bool(
+        state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, {"shards": len(state.registry)})
@@ -155,32 +163,38 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
             cache[shard] = frame
         return frame
 
-    added: dict[str, list[pl.DataFrame]] = {c: [] for c in COUNTERS}
-    for shard in changes:
-        shard_id = state.shard_id(shard)
-        for counter, rows in contributions(read(shard), scheme).items():
-            added[counter].append(rows.with_columns(shard=pl.lit(shard_id, pl.UInt32)))
-    id_to_shard = {**id_to_shard, **state.shard_keys()}
-    affected: set[str] = set()
-    stats: dict[str, int] = {}
-    for counter, postings_matter in (("url", False), ("url_candidate", True), ("band", False)):
-        rows = pl.concat(added[counter]) if added[counter] else pl.DataFrame(
-            schema={"key": pl.UInt64, "n": pl.UInt32, "shard": pl.UInt32})
-        update = update_key_index(state, counter, buckets, replaced, rows)
-        stats[f"{counter}_rows"] = update.rows
-        if counter == "band":
-            # keys now held by two documents or more, one of them on a changed shard
-            fresh_ids = pl.Series([state.registry[s]["id"] for s in changes], dtype=pl.UInt32).implode()
-            shared = update.after.filter(
-                (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any())
-        else:
-            over = update_over_limit(state, counter, update, 1)
-            stats[f"{counter}_duplicated_keys"] = over.height
-            if full_recompute:  # ids were renumbered: compare the duplicate sets themselves
-                affected |= over_set_changes(old_over[counter], old_ids, over, state.shard_keys(),
-                                             postings_matter=postings_matter)
+    with contextlib.ExitStack() as stack:
+        # each counter's new rows go to disk by bucket: a batch or a full recompute holds one
+        # shard's rows and one bucket in memory, never the corpus
+        added = {c: stack.enter_context(BucketSpill()) for c in COUNTERS}
+        order = sorted(changes)
+        ids = [state.shard_id(s) for s in order]  # assigned in order: the same with or without an engine
+        # the per-shard work (reading signatures, band keys) runs on the engine when given one
+        # (here, the caching reader: a small batch is read once for counting and verification)
+        reader = read if client is None else read_fingerprints
+        for shard_id, counts in zip(ids, map_ordered(client, _shard_contributions, order, reader, scheme)):
+            for counter, rows in counts.items():
+                added[counter].append(rows.with_columns(shard=pl.lit(shard_id, pl.UInt32)))
+        id_to_shard = {**id_to_shard, **state.shard_keys()}
+        affected: set[str] = set()
+        stats: dict[str, int] = {}
+        for counter, postings_matter in (("url", False), ("url_candidate", True), ("band", False)):
+            update = update_key_index(state, counter, buckets, replaced, added[counter], limit=1)
+            stats[f"{counter}_rows"] = update.rows
+            if counter == "band":
+                # keys now held by two documents or more, one of them on a changed shard
+                fresh_ids = pl.Series([state.registry[s]["id"] for s in changes], dtype=pl.UInt32).implode()
+                shared = update.after.filter(
+                    (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any())
             else:
-                affected |= {id_to_shard[i] for i in flipped_shards(update, 1, postings_matter=postings_matter)}
+                over = update_over_limit(state, counter, update, 1)
+                stats[f"{counter}_duplicated_keys"] = over.height
+                if full_recompute:  # ids were renumbered: compare the duplicate sets themselves
+                    affected |= over_set_changes(old_over[counter], old_ids, over, state.shard_keys(),
+                                                 postings_matter=postings_matter)
+                else:
+                    affected |= {id_to_shard[i] for i in flipped_shards(update, 1, postings_matter=postings_matter)}
+            del update
 
     gone = set(changes) | set(removed)
     kept = old_edges.filter(~pl.col("a_shard").is_in(list(gone)) & ~pl.col("b_shard").is_in(list(gone)))
@@ -194,7 +208,8 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
         state.registry[s]["storage_id"] = version
     for s in removed:
         state.registry.pop(s, None)
-    version = state.commit(affected_shards, **settings)
+    # the file lists every shard to (re)publish: affected ones and the newly absorbed
+    version = state.commit(set(affected_shards) | set(changes), **settings)
     stats.update(shards=len(state.registry), near_duplicate_pairs=edges.height,
                  near_duplicate_docs=_dropped(edges).height, new_pairs=new_edges.height,
                  shards_read_for_verification=verified_from)

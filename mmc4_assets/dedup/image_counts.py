@@ -4,8 +4,10 @@ What is counted: for every document, the distinct pHashes of its images that wer
 (``fetched_images.status == "ok"``), i.e. before the CLIP similarity filter, as in MMC4
 where this rule belongs to the dedup step right after fetching. A pHash counts once per
 document; 11 documents carrying the same picture put it over the limit of 10. Equality is
-exact on the 64-bit pHash (near-equal hashes across documents are counted apart: a
-corpus-wide within-5-bits count needs a multi-index structure, left for later).
+exact on the 64-bit pHash (near-equal hashes across documents are counted apart).
+
+This is the ``exact_corpus_count`` variant, stricter than MMC4; MMC4's own rule (the
+default) is the sample-based blocklist in ``dedup.blocklist``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, CorpusState, CorpusUpdate, flipped_shards, over_set_changes, plan,
-                                            update_key_index, update_over_limit)
+from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards,
+                                            over_set_changes, plan, update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import phash_keys
+from mmc4_assets.engine import map_ordered
 from mmc4_assets.storage import ShardStore
 
 NAME = "image_counts"
@@ -36,17 +39,22 @@ def image_hash_contribution(fetched: pl.DataFrame) -> pl.DataFrame:
             .collect())
 
 
-def _added_rows(state: CorpusState, shards: Iterable[str],
-                read: Callable[[str], pl.DataFrame]) -> pl.DataFrame:
-    parts = [read(s).select("key", "n").with_columns(shard=pl.lit(state.shard_id(s), pl.UInt32))
-             for s in shards]
-    return pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.UInt64, "n": pl.UInt32,
-                                                               "shard": pl.UInt32})
+def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str], pl.DataFrame],
+                 spill: BucketSpill, client=None) -> BucketSpill:
+    """Every new shard's rows, routed to their buckets on local disk (memory: one flush).
+
+    With an engine client the shards are read on the cluster, a few in flight at a time.
+    """
+    shards = list(shards)
+    ids = [state.shard_id(s) for s in shards]  # assigned in order: the same ids with or without an engine
+    for shard_id, rows in zip(ids, map_ordered(client, read, shards)):
+        spill.append(rows.select("key", "n").with_columns(shard=pl.lit(shard_id, pl.UInt32)))
+    return spill
 
 
 def update_image_counts(store: ShardStore, latest: dict[str, int | None],
                         read_contribution: Callable[[str], pl.DataFrame], *, limit: int = 10,
-                        buckets: int = 16, full_recompute: bool = False) -> CorpusUpdate:
+                        buckets: int = 16, full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the corpus counts to ``latest`` (shard -> version of its contribution).
 
     Only shards that are new or whose version differs from the absorbed one are read;
@@ -55,7 +63,8 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = {"limit": limit, "buckets": buckets}
-    full_recompute = full_recompute or bool(state.version and state.settings != settings)
+    full_recompute = full_recompute or bool(
+        state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, {"shards": len(state.registry)})
@@ -64,10 +73,11 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
     if full_recompute:
         state = state.fresh(settings)
     replaced = [state.registry[s]["id"] for s in (*changes, *removed) if s in state.registry]
-    added = _added_rows(state, changes, read_contribution)
-    if not full_recompute:
-        id_to_shard.update(state.shard_keys())
-    update = update_key_index(state, COUNTER, buckets, replaced, added)
+    with BucketSpill() as added:
+        _spill_added(state, sorted(changes), read_contribution, added, client)
+        if not full_recompute:
+            id_to_shard.update(state.shard_keys())
+        update = update_key_index(state, COUNTER, buckets, replaced, added, limit)
     over = update_over_limit(state, COUNTER, update, limit)
     if full_recompute:  # ids were renumbered: compare the over-limit sets themselves
         affected_set = over_set_changes(old_over, id_to_shard, over, state.shard_keys())
@@ -78,11 +88,12 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
         state.registry[s]["storage_id"] = version
     for s in removed:
         state.registry.pop(s, None)
-    version = state.commit(affected, **settings)
+    # the file lists every shard to (re)publish: affected ones and the newly absorbed
+    version = state.commit(set(affected) | set(changes), **settings)
     return CorpusUpdate(version, sorted(changes), removed, affected, full_recompute, state.affected_file, {
         "shards": len(state.registry), "index_rows": update.rows,
         "buckets_rewritten": update.buckets_rewritten, "images_over_limit": over.height,
-        "rows_added": added.height})
+        "rows_added": added.rows})
 
 
 @dataclass(frozen=True)

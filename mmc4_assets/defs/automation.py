@@ -2,21 +2,26 @@ import os
 
 import dagster as dg
 
-from mmc4_assets.defs.page_records import PAGES_GROUP
+from mmc4_assets.defs.common import GROUP, SIGNALS_GROUP
 from mmc4_assets.defs.partitions import archives, shards
 from mmc4_assets.defs.resources import ShardSource
 
 STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
-# a shard whose page table was joined again (new archives) is stale too
-UPSTREAM = ("shard_pages", *STAGES[:-1])
+
+# what a shard's run writes: its stages up to deduped_docs and its contributions to the corpus
+# state. Corpus updates batch many shards (corpus_update_job, started by corpus_update_sensor),
+# and publishing follows the update that includes the shard (corpus_publish_sensor).
+CONTRIBUTIONS = ("image_hash_counts", "doc_fingerprints")
 
 mmc4_shard_job = dg.define_asset_job(
     "mmc4_shard_job",
-    # by lineage, not group: the stages, their side assets and the corpus state publishing reads;
-    # not the page join (one run joins many shards: see shard_pages_job) nor the archives
-    selection=dg.AssetSelection.assets("published_shards").upstream() - dg.AssetSelection.groups(PAGES_GROUP),
+    # one shard's stages and side assets (not the page join: one run joins many shards, see
+    # shard_pages_job), without publishing, plus its contributions to the corpus state
+    selection=(dg.AssetSelection.groups(GROUP, SIGNALS_GROUP) - dg.AssetSelection.assets("published_shards"))
+    | dg.AssetSelection.assets(*CONTRIBUTIONS),
     partitions_def=shards,
-    description="All MMC4 stages and their checks for one shard.",
+    description="One shard's stages up to deduped_docs, their checks, and its contributions to the corpus "
+                "state; the corpus update and publishing follow in their own runs.",
     # a run that dies with its process (OOM, preempted node) is retried by the daemon
     tags={"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
 )
@@ -121,21 +126,33 @@ def archive_discovery_sensor(context: dg.SensorEvaluationContext, source: ShardS
     )
 
 
-def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit: int) -> list[tuple[str, str, int]]:
-    """(shard, reason, state id) for shards never published, or published before an upstream changed.
+# what a shard's run writes, each with the outputs it is built from: a shard needs a run when
+# one of them is missing, or when an input was materialized after an output built from it
+SHARD_RUN_INPUTS = {
+    "raw_c4": ("shard_pages",), "fetched_images": ("raw_c4",), "clip_scores": ("fetched_images",),
+    "assignments": ("clip_scores",), "deduped_docs": ("assignments",),
+    "image_hash_counts": ("fetched_images",), "doc_fingerprints": ("deduped_docs", "raw_c4"),
+}
+REFRESH_ASSETS = tuple(dict.fromkeys([*SHARD_RUN_INPUTS, *(i for ins in SHARD_RUN_INPUTS.values() for i in ins)]))
 
-    ``latest`` maps stage -> shard -> storage id of its latest materialization. The state id
-    goes into the run key, so one state of a shard is requested once: a shard blocked by a
-    failing check is not retried every tick, only after something upstream changes.
+
+def shards_to_refresh(keys: list[str], latest: dict[str, dict[str, int]], limit: int) -> list[tuple[str, str, int]]:
+    """(shard, reason, state id) for shards whose run never finished, or whose inputs changed since.
+
+    ``latest`` maps asset -> shard -> storage id of its latest materialization. Comparing each
+    output with its own inputs (not the run's last output with every stage) keeps a finished
+    run fresh whatever order its steps ran in. The state id (the newest storage id) goes into
+    the run key, so one state of a shard is requested once: a shard blocked by a failing check
+    is not retried every tick, only after something upstream changes.
     """
-    published = latest.get("published_shards", {})
     out = []
     for key in keys:
-        upstream = max((latest.get(s, {}).get(key, 0) for s in UPSTREAM), default=0)
-        if key not in published:
-            out.append((key, "missing", upstream))
-        elif upstream > published[key]:
-            out.append((key, "stale", upstream))
+        ids = {asset: latest.get(asset, {}).get(key) for asset in REFRESH_ASSETS}
+        state = max((i for i in ids.values() if i is not None), default=0)
+        if any(ids[asset] is None for asset in SHARD_RUN_INPUTS):
+            out.append((key, "missing", state))
+        elif any((ids[i] or 0) > ids[asset] for asset, ins in SHARD_RUN_INPUTS.items() for i in ins):
+            out.append((key, "stale", state))
         if len(out) >= limit:
             break
     return out
@@ -152,10 +169,10 @@ def _refresh_schedule(cron: str, max_runs: int) -> dg.ScheduleDefinition:
         instance = context.instance
         keys = instance.get_dynamic_partitions(shards.name)
         latest = {s: dict(instance.get_latest_storage_id_by_partition(
-            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in (*STAGES, "shard_pages")}
+            dg.AssetKey(s), dg.DagsterEventType.ASSET_MATERIALIZATION)) for s in REFRESH_ASSETS}
         todo = shards_to_refresh(keys, latest, max_runs)
         if not todo:
-            return dg.SkipReason(f"all {len(keys)} shards published and fresh")
+            return dg.SkipReason(f"all {len(keys)} shards processed and fresh")
         return [dg.RunRequest(partition_key=k, run_key=f"refresh:{k}:{state}", tags={"mmc4/refresh": reason})
                 for k, reason, state in todo]
 

@@ -14,9 +14,10 @@ from mmc4_assets.quality.rules import Outcome
 from mmc4_assets.stats import StepStats
 
 GROUP = "mmc4"  # the six MMC4 stages, raw_c4 ... published_shards, each with a blocking check
-# per-shard side outputs the stages use: classifier scores (publishing filters) and the
-# pHash counts / document fingerprints each shard contributes to the corpus-wide state
+# per-shard side outputs the stages use: classifier scores (publishing filters)
 SIGNALS_GROUP = "shard_signals"
+# corpus-wide dedup: per-shard contributions and the unpartitioned corpus state they feed
+CORPUS_GROUP = "corpus"
 
 
 def shard_check(*, asset: Any, blocking: bool, **kwargs: Any) -> Callable[[Callable], dg.AssetChecksDefinition]:

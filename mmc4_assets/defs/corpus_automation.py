@@ -1,102 +1,194 @@
-"""Keeping published shards true to the corpus: the republish sensor and the two-pass jobs.
+"""Corpus updates in batches, and publishing after the update that includes a shard.
 
-Republish mode (default): a shard is published as soon as its run has folded it into the
-corpus state. When a later shard changes a decision about an earlier one (an image
-crossing 10 documents, a new smaller near-duplicate, a URL becoming duplicated), the
-corpus asset lists the affected shards for that version, and ``corpus_republish_sensor``
-re-runs ``published_shards`` for those whose published output predates the version.
+- ``mmc4_shard_job`` (automation.py) runs a shard's stages and writes its contributions
+  (``image_hash_counts``, ``doc_fingerprints``); it never touches the corpus state, so any
+  number of shard runs proceed in parallel.
+- ``corpus_update_sensor`` starts ``corpus_update_job`` when ``min_batch_shards`` shards are
+  waiting, or when the oldest has waited ``max_wait_seconds``: one update absorbs every shard
+  finished since the previous one (O(new rows) for the image blocklist; the document index
+  streams its buckets once per batch). Updates run one at a time (run queue tag limit
+  ``mmc4/corpus: 1`` in dagster.yaml, and the sensor starts none while one is in flight).
+- ``corpus_publish_sensor`` publishes, after each finished update, every shard it absorbed and
+  every published shard whose decisions it changed (``mmc4_publish_job``).
 
-Two-pass mode: ``mmc4_prepare_job`` for every shard, then ``corpus_update_job`` once, then
-``mmc4_publish_job`` for every shard: nothing is published before the corpus is counted,
-so nothing needs republishing (an asset backfill of all assets does the same by itself:
-the unpartitioned corpus assets wait for every shard, and publishing waits for them).
+Publishing waits for the update rather than publishing early and republishing: a
+published zip is what users copy, so it should never carry decisions its own shard would
+change (its own URLs duplicated, its own near-duplicates, its images' sample counts); each
+shard is then written once per change of decision, not once before and once after its
+update; and the result is the same whatever order shards finished in (tests compare it
+with a serial run). The cost is latency: a shard appears at most one batch interval later.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import dagster as dg
 
-from mmc4_assets.dedup.corpus_state import read_affected
+from mmc4_assets.dedup import blocklist as bl
+from mmc4_assets.dedup.corpus_state import CorpusState, read_affected
+from mmc4_assets.dedup.doc_index import NAME as DOC_INDEX
+from mmc4_assets.dedup.image_counts import NAME as IMAGE_COUNTS
+from mmc4_assets.dedup.image_rule import read_pointer
+from mmc4_assets.defs.corpus_common import latest_versions
 from mmc4_assets.defs.corpus_doc_index import corpus_doc_index
 from mmc4_assets.defs.corpus_image_counts import corpus_image_counts
-from mmc4_assets.defs.page_records import PAGES_GROUP
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.published_shards import published_shards
 from mmc4_assets.defs.resources import StorageResource
 
-CORPUS_ASSETS = {  # corpus asset -> (state folder, published_shards metadata key of its version)
-    "corpus_image_counts": ("image_counts", "corpus_image_counts_version"),
-    "corpus_doc_index": ("doc_index", "corpus_doc_index_version"),
-}
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
 
 mmc4_publish_job = dg.define_asset_job(
     "mmc4_publish_job", selection=dg.AssetSelection.assets(published_shards), partitions_def=shards,
-    description="Publish (or re-publish) shards from the current corpus state; the republish sensor's target.")
-
-mmc4_prepare_job = dg.define_asset_job(
-    "mmc4_prepare_job",
-    selection=dg.AssetSelection.assets(published_shards).upstream() - dg.AssetSelection.assets(
-        published_shards, corpus_image_counts, corpus_doc_index) - dg.AssetSelection.groups(PAGES_GROUP),
-    partitions_def=shards,
-    description="Two-pass mode, pass 1: every per-shard stage and corpus contribution, nothing published.")
+    description="Publish (or re-publish) shards from the current corpus state; the publish sensor's target.")
 
 corpus_update_job = dg.define_asset_job(
     "corpus_update_job", selection=dg.AssetSelection.assets(corpus_image_counts, corpus_doc_index),
-    description="Fold every new or changed shard into the corpus counts and document index.")
+    description="Absorb every shard finished since the last update into the corpus state, in one batch.",
+    # one update at a time: dagster.yaml limits runs with this tag to 1
+    tags={"mmc4/corpus": "update"})
+
+corpus_recompute_job = dg.define_asset_job(
+    "corpus_recompute_job", selection=dg.AssetSelection.assets(corpus_image_counts, corpus_doc_index),
+    description="Rebuild the corpus state from every shard, reading shards on the Dask engine.",
+    tags={"mmc4/corpus": "update"},
+    config={"ops": {a: {"config": {"full_recompute": True, "engine": {"min_shards": 0}}}
+                    for a in ("corpus_image_counts", "corpus_doc_index")}})
 
 
-def stale_shards(instance: dg.DagsterInstance, affected: list[str], metadata_key: str, version: int) -> list[str]:
-    """Affected shards already published from an older version of that corpus asset."""
-    stale = []
-    for shard in affected:
+def image_state_name(store) -> str:
+    """The state folder of the image rule that ran last (MMC4's blocklist before any update)."""
+    return IMAGE_COUNTS if read_pointer(store).get("rule") == bl.EXACT_RULE else bl.NAME
+
+
+def waiting_shards(instance: dg.DagsterInstance, store) -> list[str]:
+    """Shards whose latest contributions some corpus state has not absorbed (or removed shards)."""
+    waiting: set[str] = set()
+    for asset, name in (("image_hash_counts", image_state_name(store)), ("doc_fingerprints", DOC_INDEX)):
+        registry = CorpusState.load(store, name).registry
+        latest = latest_versions(instance, asset)
+        waiting |= {s for s, v in latest.items() if registry.get(s, {}).get("storage_id") != v}
+        waiting |= set(registry) - set(latest)
+    return sorted(waiting)
+
+
+def corpus_update_due(waiting: int, waited_s: float, min_batch: int, max_wait_s: float) -> bool:
+    return waiting > 0 and (waiting >= min_batch or waited_s >= max_wait_s)
+
+
+def _update_sensor(min_batch: int, max_wait_s: float, interval_s: int) -> dg.SensorDefinition:
+    @dg.sensor(name="corpus_update_sensor", job=corpus_update_job, minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def corpus_update_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+        """Starts a corpus update when enough shards wait for one, or the oldest has waited long enough."""
+        if context.instance.get_runs_count(dg.RunsFilter(job_name=corpus_update_job.name, statuses=IN_FLIGHT)):
+            return dg.SensorResult(skip_reason="a corpus update is in flight", cursor=context.cursor)
+        waiting = waiting_shards(context.instance, storage.store())
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        if not waiting:
+            return dg.SensorResult(skip_reason="no shard waits for the corpus state", cursor=json.dumps({}))
+        since = cursor.get("waiting_since") or time.time()
+        waited = time.time() - since
+        if not corpus_update_due(len(waiting), waited, min_batch, max_wait_s):
+            return dg.SensorResult(
+                skip_reason=f"{len(waiting)} shard(s) waiting for {waited:.0f}s; an update starts at "
+                            f"{min_batch} shards or after {max_wait_s:.0f}s",
+                cursor=json.dumps({"waiting_since": since}))
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(tags={"mmc4/batch_shards": str(len(waiting))})],
+            cursor=json.dumps({}))
+
+    return corpus_update_sensor
+
+
+def _current(store) -> dict[str, int]:
+    """What a publication made now would record: the image rule's generation, the doc index version."""
+    return {"corpus_image_counts_version": read_pointer(store).get("generation", 0),
+            "corpus_doc_index_version": CorpusState.load(store, DOC_INDEX).version}
+
+
+def shards_to_publish(instance: dg.DagsterInstance, store, listed: dict[str, dict[str, int]]) -> list[str]:
+    """Listed shards absorbed by both corpus states and never published, or published from a
+    state older than the one that listed them (``listed``: shard -> published metadata key ->
+    the version that listed it)."""
+    absorbed = {asset: CorpusState.load(store, name).registry for asset, name in (
+        ("image_hash_counts", image_state_name(store)), ("doc_fingerprints", DOC_INDEX))}
+    latest = {asset: latest_versions(instance, asset) for asset in absorbed}
+    out = []
+    for shard, versions in listed.items():
+        if any(shard not in latest[a] or absorbed[a].get(shard, {}).get("storage_id") != latest[a][shard]
+               for a in absorbed):
+            continue  # a later update absorbs it and lists it again
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=published_shards.key, asset_partitions=[shard]), limit=1).records
-        if not records:
-            continue  # never published: its first publication will see the new state
-        md = records[0].asset_materialization.metadata
-        published_from = md[metadata_key].value if metadata_key in md else -1
-        if published_from < version:
-            stale.append(shard)
-    return stale
+        md = records[0].asset_materialization.metadata if records else {}
+        if any((md[k].value if k in md else -1) < v for k, v in versions.items()):
+            out.append(shard)
+    return out
 
 
-class RepublishConfig(dg.Config):
-    max_runs_per_tick: int = 200
+# corpus asset -> (its metadata key of the version publications record, published_shards' key for it)
+VERSION_KEYS = {"corpus_image_counts": ("generation", "corpus_image_counts_version"),
+                "corpus_doc_index": ("version", "corpus_doc_index_version")}
 
 
-@dg.sensor(job=mmc4_publish_job, minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.RUNNING)
-def corpus_republish_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
-    """Re-publishes shards whose corpus decisions changed after they were published."""
-    store = storage.store()
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    limit = RepublishConfig().max_runs_per_tick
-    stale: dict[str, None] = {}
-    for asset, (folder, metadata_key) in CORPUS_ASSETS.items():
-        records = context.instance.fetch_materializations(
+def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict,
+                 log=None) -> dict[str, dict[str, int]]:
+    """Shards the finished corpus updates after ``cursor`` list for publication (advances ``cursor``)."""
+    listed: dict[str, dict[str, int]] = {}
+    for asset, (version_key, published_key) in VERSION_KEYS.items():
+        records = context_instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=cursor.get(asset)),
             limit=50, ascending=True).records
         for record in records:
-            if len(stale) >= limit:
-                break  # the cursor stays here: the next tick goes on from this version
+            run = context_instance.get_run_by_id(record.run_id)
+            if run is not None and not run.is_finished:
+                break  # the update's other asset may not have committed yet: next tick
             md = record.asset_materialization.metadata
-            if "affected_file" in md and md["affected_shards"].value:
-                version = md["version"].value
-                affected = read_affected(store, folder, md["affected_file"].value)
-                if affected is None:  # pruned: a sensor this far behind republishes what it can see
-                    context.log.warning(f"{asset} v{version}: affected list pruned; run mmc4_publish_job "
-                                        "for all shards to be sure")
-                    affected = []
-                for shard in stale_shards(context.instance, affected, metadata_key, version):
-                    stale.setdefault(shard)
+            if "affected_file" in md:
+                folder = md["path"].value.rstrip("/").rsplit("/", 1)[-1]
+                shards_listed = read_affected(store, folder, md["affected_file"].value)
+                if shards_listed is None:  # pruned: a sensor this far behind publishes what it can see
+                    if log:
+                        log.warning(f"{asset} v{md['version'].value}: affected list pruned; "
+                                    "run mmc4_publish_job for all shards to be sure")
+                    shards_listed = []
+                for shard in shards_listed:
+                    versions = listed.setdefault(shard, {})
+                    versions[published_key] = max(versions.get(published_key, -1), md[version_key].value)
             cursor[asset] = record.storage_id
-    if not stale:
-        return dg.SensorResult(skip_reason="no published shard is behind the corpus state",
-                               cursor=json.dumps(cursor))
-    tag = ".".join(str(cursor.get(a, 0)) for a in CORPUS_ASSETS)
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=s, run_key=f"republish:{s}:{tag}",
-                                    tags={"mmc4/republish": "corpus"}) for s in stale],
-        cursor=json.dumps(cursor))
+    return listed
+
+
+def _publish_sensor(interval_s: int) -> dg.SensorDefinition:
+    @dg.sensor(name="corpus_publish_sensor", job=mmc4_publish_job, minimum_interval_seconds=interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def corpus_publish_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+        """Publishes the shards a finished corpus update absorbed, and republishes those whose decisions it changed."""
+        store = storage.store()
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        todo = shards_to_publish(context.instance, store, listed_since(context.instance, store, cursor, context.log))
+        if not todo:
+            return dg.SensorResult(skip_reason="every absorbed shard is published from the current corpus state",
+                                   cursor=json.dumps(cursor))
+        state = ".".join(str(v) for v in _current(store).values())
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(partition_key=s, run_key=f"publish:{s}:{state}",
+                                        tags={"mmc4/publish": "corpus"}) for s in todo],
+            cursor=json.dumps(cursor))
+
+    return corpus_publish_sensor
+
+
+@dg.definitions
+def corpus_automation() -> dg.Definitions:
+    # read here, not at import: tests and `dg check` load the module without the env
+    min_batch = int(os.environ.get("MMC4_CORPUS_MIN_BATCH", "100"))
+    max_wait = float(os.environ.get("MMC4_CORPUS_MAX_WAIT_S", "600"))
+    interval = int(os.environ.get("MMC4_CORPUS_SENSOR_INTERVAL_S", "60"))
+    return dg.Definitions(jobs=[mmc4_publish_job, corpus_update_job, corpus_recompute_job],
+                          sensors=[_update_sensor(min_batch, max_wait, interval), _publish_sensor(interval)])

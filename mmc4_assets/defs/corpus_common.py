@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import dagster as dg
 
-from mmc4_assets.dedup.corpus_state import ConcurrentUpdate
+from mmc4_assets.dedup.corpus_state import ConcurrentUpdate, CorpusState, plan
 from mmc4_assets.defs.partitions import shards
+from mmc4_assets.engine import EngineSettings, dask_client
 
 T = TypeVar("T")
 
@@ -56,3 +58,37 @@ def with_retries(context: dg.AssetExecutionContext, update: Callable[[], T], att
                 raise
             context.log.warning(f"{exc}; retrying on the newer state ({attempt}/{attempts})")
     raise AssertionError("unreachable")
+
+
+class EngineConfig(dg.Config):
+    """Where an update's per-shard reading runs: Dask (see mmc4_assets.engine)."""
+
+    scheduler_address: str = ""  # tcp://host:8786 of a running scheduler; empty: an in-process LocalCluster
+    n_workers: int = 2           # LocalCluster only
+    memory_limit: str = "2GiB"   # LocalCluster only, per worker
+    # use the engine when an update reads at least this many shards (full recomputes, big
+    # catch-ups); smaller batches read here, without a cluster's start-up time
+    min_shards: int = 500
+
+    def settings(self) -> EngineSettings:
+        return EngineSettings(scheduler_address=self.scheduler_address or None, n_workers=self.n_workers,
+                              memory_limit=self.memory_limit)
+
+
+@contextlib.contextmanager
+def engine_for(config: EngineConfig, to_read: int, context: dg.AssetExecutionContext) -> Iterator:
+    """A Dask client when ``to_read`` shards justify one, else None (read in this process)."""
+    if to_read < config.min_shards:
+        yield None
+        return
+    where = config.scheduler_address or "an in-process LocalCluster"
+    context.log.info(f"reading {to_read} shards on the Dask engine ({where})")
+    with dask_client(config.settings()) as client:
+        yield client
+
+
+def shards_to_read(store, name: str, latest: dict[str, int], full_recompute: bool) -> int:
+    """How many shards an update of corpus state ``name`` would read."""
+    if full_recompute:
+        return len(latest)
+    return len(plan(CorpusState.load(store, name), latest, False)[0])

@@ -2,38 +2,72 @@ import time
 
 import dagster as dg
 
+from mmc4_assets.dedup import blocklist as bl
+from mmc4_assets.dedup.corpus_state import TableReader
+from mmc4_assets.dedup.image_counts import NAME as COUNTS_NAME
 from mmc4_assets.dedup.image_counts import update_image_counts
-from mmc4_assets.defs.common import GROUP, config_hash
-from mmc4_assets.defs.corpus_common import latest_versions, update_metadata, with_retries
+from mmc4_assets.dedup.image_rule import RULES, write_pointer
+from mmc4_assets.defs.common import CORPUS_GROUP, config_hash
+from mmc4_assets.defs.corpus_common import (EngineConfig, engine_for, latest_versions, shards_to_read, update_metadata,
+                                            with_retries)
 from mmc4_assets.defs.image_hash_counts import image_hash_counts
 from mmc4_assets.defs.resources import StorageResource
 
 
 class CorpusImageCountsConfig(dg.Config):
-    max_docs_per_image: int = 10  # MMC4: drop images appearing more than 10 times across the corpus
-    buckets: int = 16             # key-index buckets: memory per update ~ corpus rows / buckets
-    full_recompute: bool = False  # re-read every shard instead of the new and changed ones
+    # MMC4's rule (default): pHashes with > 10 near-duplicates (<= 5 bits) in a seeded sample of
+    # 60,000 fetched images. "exact_corpus_count": exact pHash in > max_docs_per_image documents.
+    rule: str = bl.RULE
+    sample_size: int = 60_000
+    max_near_duplicates: int = 10
+    max_distance: int = 5
+    seed: int = 0
+    frozen_blocklist: bool = False  # keep the current blocklist while the sample grows
+    max_docs_per_image: int = 10    # exact_corpus_count only
+    buckets: int = 16               # exact_corpus_count only: memory per update ~ index rows / buckets
+    full_recompute: bool = False    # re-read every shard instead of the new and changed ones
+    engine: EngineConfig = EngineConfig()
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"polars", "parquet"}, tags={"mmc4/stage": "corpus"},
-          # one writer at a time: set a limit of 1 on this pool (see README)
+@dg.asset(group_name=CORPUS_GROUP, code_version="2", kinds={"polars", "parquet", "dask"},
+          tags={"mmc4/stage": "corpus"},
+          # one writer at a time (corpus_update_job runs one at a time, see dagster.yaml)
           pool="mmc4_corpus",
           # every shard's counts feed the one aggregate; said explicitly so lineage shows it
           deps=[dg.AssetDep(image_hash_counts, partition_mapping=dg.AllPartitionMapping())])
 def corpus_image_counts(context: dg.AssetExecutionContext, config: CorpusImageCountsConfig,
                         storage: StorageResource) -> dg.MaterializeResult:
-    """Documents per image pHash across all shards, kept shard by shard, and the pHashes over the limit."""
+    """Frequent images across the corpus: MMC4's blocklist from a sample of fetched images (default), or exact pHash counts."""
+    if config.rule not in RULES:
+        raise dg.Failure(f"unknown rule {config.rule!r}; choose from {list(RULES)}")
     store = storage.store()
     started = time.perf_counter()
     latest = latest_versions(context.instance, "image_hash_counts")
-    update = with_retries(context, lambda: update_image_counts(
-        store, latest, lambda s: store.read_table("image_hash_counts", s), limit=config.max_docs_per_image,
-        buckets=config.buckets, full_recompute=config.full_recompute))
-    context.log.info(f"corpus image counts v{update.version}: read {len(update.absorbed)} shard(s), "
+    read = TableReader(store, "image_hash_counts", ("key", "n"))
+    if config.rule == bl.RULE:
+        rule = bl.BlocklistRule(config.sample_size, config.max_near_duplicates, config.max_distance, config.seed)
+        name = bl.NAME
+        with engine_for(config.engine, shards_to_read(store, name, latest, config.full_recompute), context) as client:
+            update = with_retries(context, lambda: bl.update_image_blocklist(
+                store, latest, read, rule, full_recompute=config.full_recompute,
+                frozen=config.frozen_blocklist, client=client))
+        settings = rule.as_dict()
+    else:
+        name = COUNTS_NAME
+        with engine_for(config.engine, shards_to_read(store, name, latest, config.full_recompute), context) as client:
+            update = with_retries(context, lambda: update_image_counts(
+                store, latest, read, limit=config.max_docs_per_image, buckets=config.buckets,
+                full_recompute=config.full_recompute, client=client))
+        settings = {"max_docs_per_image": config.max_docs_per_image}
+    generation = write_pointer(store, config.rule, update.version)
+    context.log.info(f"{config.rule} v{update.version}: read {len(update.absorbed)} shard(s), "
                      f"{len(update.affected_shards)} published shard(s) affected")
     return dg.MaterializeResult(metadata={
         **update_metadata(update, time.perf_counter() - started),
-        "max_docs_per_image": config.max_docs_per_image,
+        "rule": config.rule,
+        # what publications compare: grows with every change of either rule's state
+        "generation": generation,
+        **settings,
         "config_hash": config_hash(config),
-        "path": dg.MetadataValue.path(store.uri("corpus", "image_counts")),
+        "path": dg.MetadataValue.path(store.uri("corpus", name)),
     })

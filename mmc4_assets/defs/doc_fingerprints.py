@@ -2,7 +2,7 @@ import dagster as dg
 import polars as pl
 
 from mmc4_assets.dedup.doc_index import SCHEME, candidate_fingerprints, fingerprint_schema, other_fingerprints
-from mmc4_assets.defs.common import SIGNALS_GROUP
+from mmc4_assets.defs.common import CORPUS_GROUP
 from mmc4_assets.defs.deduped_docs import deduped_docs
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.raw_c4 import raw_c4
@@ -13,7 +13,7 @@ class DocFingerprintsConfig(dg.Config):
     docs_per_batch: int = 2000
 
 
-@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=SIGNALS_GROUP, code_version="1", kinds={"numpy", "parquet"},
+@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=CORPUS_GROUP, code_version="1", kinds={"numpy", "parquet"},
           deps=[deduped_docs, raw_c4], tags={"mmc4/stage": "corpus"})
 def doc_fingerprints(context: dg.AssetExecutionContext, config: DocFingerprintsConfig,
                      storage: StorageResource) -> dg.MaterializeResult:

@@ -6,7 +6,7 @@ import polars as pl
 
 from mmc4_assets import __version__
 from mmc4_assets.dedup.doc_index import load_doc_decisions
-from mmc4_assets.dedup.image_counts import load_image_counts
+from mmc4_assets.dedup.image_rule import load_image_rule
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check
 from mmc4_assets.defs.corpus_common import latest_version
@@ -70,25 +70,28 @@ def _require_absorbed(context: dg.AssetExecutionContext, asset: str, per_shard: 
     if current is None or absorbed.get(shard) != current:
         raise dg.Failure(
             f"{asset} has not absorbed the latest {per_shard} of {shard} (absorbed "
-            f"{absorbed.get(shard)}, latest {current}); materialize {asset} first (it runs in "
-            f"mmc4_shard_job, or corpus_update_job in two-pass mode)", allow_retries=False)
+            f"{absorbed.get(shard)}, latest {current}); a shard is published after the corpus update "
+            f"that includes it (corpus_update_job, started by corpus_update_sensor)", allow_retries=False)
 
 
 def _shard_rules(context: dg.AssetExecutionContext, config: PublishConfig, store, shard: str) -> tuple[ShardRules, dict]:
     """Everything the corpus decided about this shard, and the versions it came from."""
-    counts = load_image_counts(store)
+    image_rule = load_image_rule(store)
+    if image_rule is None:
+        raise dg.Failure("no corpus update has run yet: run corpus_update_job first", allow_retries=False)
     own = store.read_table("deduped_docs", shard, ["doc_id", "url", "image_info"])
     keys = url_keys(own["url"])
     docs = load_doc_decisions(store, shard, keys.unique().to_list())
     if config.require_current_corpus:
-        _require_absorbed(context, "corpus_image_counts", "image_hash_counts", counts.absorbed)
+        _require_absorbed(context, "corpus_image_counts", "image_hash_counts", image_rule.absorbed)
         _require_absorbed(context, "corpus_doc_index", "doc_fingerprints", docs.absorbed)
     phashes = own["image_info"].explode().struct.field("phash").drop_nulls().unique().to_list()
     first_doc = (own.select("doc_id", key=keys).group_by("key").agg(pl.col("doc_id").min()))
     classify_md = latest_metadata(context, "image_classifier_scores")
     rules = ShardRules(
         shard=shard,
-        frequent_phashes=frozenset(h for h in phashes if counts.is_frequent(h)),
+        # blocklist rule: a multi-index lookup of this shard's pHashes, O(shard)
+        frequent_phashes=image_rule.frequent(phashes),
         duplicated_urls=frozenset(keys.filter(keys.is_in(docs.duplicated_urls.implode())).to_list()),
         url_owner=docs.url_owner,
         first_doc_for_url=dict(zip(first_doc["key"].to_list(), first_doc["doc_id"].to_list())),
@@ -100,7 +103,7 @@ def _shard_rules(context: dg.AssetExecutionContext, config: PublishConfig, store
         face_on=bool(classify_md.get("face_on")),
     )
     corpus = {
-        "image_counts_version": counts.version, "max_docs_per_image": counts.limit,
+        **image_rule.metadata(),
         "doc_index_version": docs.version, "near_duplicate_jaccard": docs.threshold,
         "drop_near_duplicates": config.drop_near_duplicates, "drop_url_duplicates": config.drop_url_duplicates,
     }
@@ -218,7 +221,10 @@ def published_shards(context: dg.AssetExecutionContext, config: PublishConfig,
         "docs_drop_reasons": dg.MetadataValue.md(full_docs.as_markdown("documents")),
         "images_drop_reasons": dg.MetadataValue.md(full_images.as_markdown("images")),
         **({"core_drop_reasons": dg.MetadataValue.md(stats[CORE][0].as_markdown("documents"))} if CORE in stats else {}),
-        "corpus_image_counts_version": decided["corpus"]["image_counts_version"],
+        "corpus_image_counts_version": decided["corpus"]["image_rule_generation"],
+        "image_rule": decided["corpus"]["image_rule"],
+        # always present (0 included), so the UI plots it across shards
+        "images_dropped_by_image_rule": full_images.dropped.get("frequent_image", 0),
         "corpus_doc_index_version": decided["corpus"]["doc_index_version"],
         "nsfw_filter": decided["classifiers"]["nsfw"],
         "face_filter": decided["classifiers"]["face"],

@@ -7,7 +7,8 @@ in the project (code or tests) imports ``dagster._*``: that test checks this too
 
 Used by :mod:`mmc4_assets.deploy.executors` (device placement wraps the step handler of a
 step-delegating executor: the ECS and Kubernetes executors have no public hook for it) and by
-the deploy-config tests (validating instance YAML and executor config without a cluster).
+the deploy-config tests (validating instance YAML and executor config without a cluster),
+and by the killed-run test (one pass of the run-monitoring daemon's loop).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dagster._core.executor.step_delegating import (
     StepHandlerContext,
 )
 from dagster._core.instance.config import dagster_instance_config, pg_config
+from dagster._daemon.monitoring import run_monitoring
 from dagster._serdes import ConfigurableClassData
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "executor_config_fields",
     "multiple_process_executor_requirements",
     "pg_config",
+    "run_monitoring",
     "process_config",
     "with_executor_config",
     "wrap_step_handler",

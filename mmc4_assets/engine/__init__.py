@@ -53,3 +53,28 @@ def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed
                           memory_limit=settings.memory_limit, processes=settings.processes,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             yield client
+
+
+def map_ordered(client: distributed.Client | None, fn, items, *args,  # noqa: F821
+                max_in_flight: int = 8, **kwargs) -> Iterator:
+    """``fn(item, *args, **kwargs)`` for every item, results yielded in item order.
+
+    With a client the calls run on the cluster, at most ``max_in_flight`` at a time, so the
+    caller (which folds results into on-disk state) holds a bounded number of them; without
+    one they run here, one by one. Results must be picklable (frames, arrays, small dicts).
+    """
+    items = list(items)
+    if client is None:
+        for item in items:
+            yield fn(item, *args, **kwargs)
+        return
+    pending: list = []
+    nxt = 0
+    while nxt < len(items) or pending:
+        while nxt < len(items) and len(pending) < max_in_flight:
+            # pure=False: a re-read of a changed shard must not be served from an old key
+            pending.append(client.submit(fn, items[nxt], *args, pure=False, **kwargs))
+            nxt += 1
+        head = pending.pop(0)
+        yield head.result()
+        head.release()
