@@ -81,8 +81,12 @@ def corpus_update_due(waiting: int, waited_s: float, min_batch: int, max_wait_s:
 
 
 def _update_sensor(min_batch: int, max_wait_s: float, interval_s: int) -> dg.SensorDefinition:
+    # RUNNING by default: it only acts on shards whose runs finished, and without it nothing publishes
     @dg.sensor(name="corpus_update_sensor", job=corpus_update_job, minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.RUNNING)
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Every {interval_s} s: starts one corpus_update_job for every shard finished since the "
+                           f"last update, once {min_batch} shards wait (MMC4_CORPUS_MIN_BATCH) or the oldest has "
+                           f"waited {max_wait_s:.0f} s (MMC4_CORPUS_MAX_WAIT_S); never two at once. On by default.")
     def corpus_update_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
         """Starts a corpus update when enough shards wait for one, or the oldest has waited long enough."""
         if context.instance.get_runs_count(dg.RunsFilter(job_name=corpus_update_job.name, statuses=IN_FLIGHT)):
@@ -165,8 +169,11 @@ def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict,
 
 
 def _publish_sensor(interval_s: int) -> dg.SensorDefinition:
+    # RUNNING by default: publishing follows the corpus update that includes the shard
     @dg.sensor(name="corpus_publish_sensor", job=mmc4_publish_job, minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.RUNNING)
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Every {interval_s} s: after each corpus update, publishes the shards it absorbed and "
+                           "republishes those whose corpus decisions it changed (mmc4_publish_job). On by default.")
     def corpus_publish_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
         """Publishes the shards a finished corpus update absorbed, and republishes those whose decisions it changed."""
         store = storage.store()
