@@ -191,8 +191,10 @@ def join_shard_pages(client, shards: Mapping[str, Location], page_tables: list[L
     if parts:
         matches = dd.concat(parts) if len(parts) > 1 else parts[0]
         by_shard = matches.shuffle(on="shard", npartitions=n_out, **shuffle)
-        written = by_shard.map_partitions(write_shard_partition, out, meta=WRITTEN_META,
-                                          enforce_metadata=False).compute()
+        # on this client, named: a bare .compute() goes to whichever Client was made last in the
+        # process (another run's, or a closed one), and waits for it forever
+        written = client.compute(by_shard.map_partitions(write_shard_partition, out, meta=WRITTEN_META,
+                                                         enforce_metadata=False)).result()
         for row in written.to_dict("records"):
             per_shard[row["shard"]] = {k: int(v) for k, v in row.items() if k != "shard"}
     store = ShardStore(out.uri, out.options)
