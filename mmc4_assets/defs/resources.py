@@ -329,10 +329,8 @@ def sample_resources(storage_root: str, *, shards_root: str | None = None,
         "fetcher": ImageFetcher(allow_private=True, serve_sample_images=True, concurrency=16,
                                 total_timeout=10.0, retries=1),
         "clip": ClipModel(model_name="mmc4-tiny-random", pretrained=None, batch_size=32),
-        # a few hundred URLs: worker threads in this process, no worker processes to start; the
-        # task shuffle, since p2p keeps per-worker state that, with threads, every cluster the
-        # process starts shares (a later join in the same process stalled in the full test suite)
-        "dask": DaskEngine(n_workers=1, threads_per_worker=2, processes=False, shuffle_method="tasks"),
+        # a few hundred URLs: one worker thread in this process, no worker processes to start
+        "dask": DaskEngine(n_workers=1, threads_per_worker=2, processes=False),
         "quality": DataQuality(),
         # no weights: NSFW and face filters are OFF, and the metadata says so
         "classifiers": FeatureClassifiers(),

@@ -48,9 +48,13 @@ def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed
             with Client(settings.scheduler_address) as client:
                 yield client
             return
+        # A thread worker's memory monitor measures this whole process (a Dagster run, a test
+        # session), not the worker: past 80 % of the limit it pauses and the computation waits
+        # forever. Only worker processes get a limit.
+        memory_limit = settings.memory_limit if settings.processes else 0
         # dashboard off: a port per test run is noise, and nothing here serves it
         with LocalCluster(n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
-                          memory_limit=settings.memory_limit, processes=settings.processes,
+                          memory_limit=memory_limit, processes=settings.processes,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             yield client
 
