@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
+import pydantic
 
 from mmc4_assets.quality.rules import Outcome
 from mmc4_assets.stats import StepStats
@@ -45,6 +48,23 @@ def shard_check(*, asset: Any, blocking: bool, **kwargs: Any) -> Callable[[Calla
         return dg.asset_check(asset=asset, blocking=blocking, partitions_def=shards, **kwargs)(with_partition)
 
     return decorate
+
+
+S = TypeVar("S")
+
+
+def settings_of(config: Any, settings_cls: type[S]) -> S:
+    """The stage's settings object (mmc4_params.py) from a Config whose fields carry its names."""
+    return settings_cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(settings_cls)})
+
+
+def settings_config(name: str, settings_cls: type, doc: str) -> type[dg.Config]:
+    """A ``dg.Config`` with exactly the fields and defaults of a settings dataclass, and ``.settings()``."""
+    hints = typing.get_type_hints(settings_cls)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(settings_cls)}
+    cls = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, __doc__=doc, **fields)
+    cls.settings = lambda self: settings_of(self, settings_cls)
+    return cls
 
 
 def config_hash(*parts: Any) -> str:

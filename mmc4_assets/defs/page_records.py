@@ -50,7 +50,7 @@ def page_records(context: dg.AssetExecutionContext, source: ShardSource,
         "archive_error_detail": progress.error_detail or "",
         "archive_recovered": recovered,
         "config_hash": config_hash({"parser": "warcio", "code_version": "1"}),
-        "path": dg.MetadataValue.path(store.uri("tables", PAGE_RECORDS_TABLE, f"{key}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path(PAGE_RECORDS_TABLE, key))),
     })
 
 

@@ -23,11 +23,11 @@ class DataQuality(dg.ConfigurableResource):
 
     gx_enabled: bool = True
     build_data_docs: bool = True
-    max_url_filter_drop_share: float = 0.95
-    min_fetch_success_rate: float = 0.5
-    norm_tolerance: float = 1e-3
-    max_success_rate_drop: float = 0.15
-    trailing_partitions: int = 20
+    max_url_filter_drop_share: float = Thresholds.max_url_filter_drop_share
+    min_fetch_success_rate: float = Thresholds.min_fetch_success_rate
+    norm_tolerance: float = Thresholds.norm_tolerance
+    max_success_rate_drop: float = Thresholds.max_success_rate_drop
+    trailing_partitions: int = Thresholds.trailing_partitions
     # a truncated or corrupt source shard blocks raw_c4 unless allowed; the check's metadata
     # records the choice and where the source broke
     allow_truncated_source: bool = False

@@ -86,7 +86,7 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
         # the Common Crawl settings shape which pages are found: part of the hash when used
         "config_hash": config_hash(config, *([source.common_crawl.model_dump()]
                                              if source.common_crawl is not None else [])),
-        "path": dg.MetadataValue.path(store.uri("tables", "raw_c4", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("raw_c4", shard))),
     })
 
 
