@@ -9,10 +9,10 @@ from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
 from mmc4_assets.defs.shard_pages import shard_pages
-from mmc4_assets.pages.archives import PageRecord, build_page_index, normalize_url
-from mmc4_assets.pages.cc_index import CommonCrawlPages, Lookup
+from mmc4_assets.pages.archives import PageRecord, build_page_index
 from mmc4_assets.pages.page_table import SHARD_PAGES_TABLE, pages_from_rows
 from mmc4_assets.pages.raw_docs import MAX_DOC_CHARS, document_rows, iter_c4_lines
+from mmc4_assets.pages.recovery import common_crawl_pages, wanted_pages
 from mmc4_assets.quality.rules import raw_c4_rules
 from mmc4_assets.quality import suites
 from mmc4_assets.stats import StepStats
@@ -23,14 +23,6 @@ RAW_C4_SCHEMA = {
     "text_list": pl.List(pl.String), "image_urls": pl.List(pl.String), "page_source": pl.String,
 }
 QUARANTINE_SCHEMA = {"line_no": pl.Int64, "url": pl.String, "reason": pl.String, "raw": pl.String}
-# Common Crawl answers per shard: the capture each page came from (provenance), and a cache
-# so a retried run does not ask the index again for what it already answered
-CC_PAGES_TABLE = "raw_c4_cc_pages"
-CC_PAGES_SCHEMA = {
-    "url_key": pl.String, "collection": pl.String, "capture_url": pl.String,
-    "capture_timestamp": pl.String, "filename": pl.String, "offset": pl.Int64, "length": pl.Int64,
-    "page_url": pl.String, "image_urls": pl.List(pl.String), "source": pl.String,
-}
 
 
 class RawC4Config(dg.Config):
@@ -54,13 +46,14 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
     cc_stats = StepStats()
     with doc_stats.timer("page_index"):
         with source.open(str(path)) as fh:   # first streaming pass: the URLs (and times) we need
-            wanted = _wanted_pages(iter_c4_lines(fh))
+            wanted = wanted_pages(iter_c4_lines(fh))
         pages, lookup, archives = _shard_page_table(context, store, shard, source, wanted)
     context.log.info(f"{shard}: {len(pages)} of {len(wanted)} page URLs found ({lookup})")
     if source.common_crawl is not None and source.common_crawl.uses_cdx():
         missing = {k: v for k, v in wanted.items() if k not in pages}
         with doc_stats.timer("common_crawl"):
-            pages.update(_common_crawl_pages(context, store, shard, missing, source, cc_stats))
+            pages.update(common_crawl_pages(store, shard, missing, source.common_crawl.settings(), cc_stats,
+                                            context.log.info))
         context.log.info(f"{shard}: {cc_stats.kept} of {len(missing)} remaining pages found in Common Crawl")
 
     started = time.perf_counter()
@@ -110,49 +103,6 @@ def _shard_page_table(context: dg.AssetExecutionContext, store, shard: str, sour
     if paths:
         context.log.warning(f"{shard}: no shard_pages table; scanning {len(paths)} archives in this run")
     return build_page_index(paths, wanted, source.open), "archive_scan" if paths else "none", len(paths)
-
-
-def _wanted_pages(lines) -> dict[str, tuple[str, str | None]]:
-    """normalized URL -> (URL as in C4, its timestamp), first document of a URL wins."""
-    wanted: dict[str, tuple[str, str | None]] = {}
-    for line in lines:
-        if line.error is None:
-            wanted.setdefault(normalize_url(line.doc["url"]), (line.doc["url"], line.doc["timestamp"]))
-    return wanted
-
-
-def _common_crawl_pages(context: dg.AssetExecutionContext, store, shard: str,
-                        missing: dict[str, tuple[str, str | None]], source: ShardSource,
-                        stats: StepStats) -> dict[str, PageRecord]:
-    """Pages of ``missing`` URLs from Common Crawl, reusing this shard's cached answers."""
-    cached: list[Lookup] = []
-    if store.has_table(CC_PAGES_TABLE, shard):
-        cached = [Lookup.from_row(r) for r in store.read_table(CC_PAGES_TABLE, shard).iter_rows(named=True)
-                  if r["url_key"] in missing]
-    for hit in cached:
-        if hit.page is not None:
-            stats.keep()
-        else:
-            stats.drop("not_in_crawl" if hit.capture is None else "unreadable_record")
-    todo = {k: v for k, v in missing.items() if k not in {c.key for c in cached}}
-    started, last_log = time.perf_counter(), [time.perf_counter()]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - last_log[0] >= 15:
-            last_log[0] = now
-            context.log.info(f"{shard}: Common Crawl {done}/{total} lookups, "
-                             f"{done / max(now - started, 1e-9):.1f}/s")
-
-    answered: list[Lookup] = []
-    with CommonCrawlPages(source.common_crawl.settings()) as cc:
-        for result in cc.lookup_many(todo, stats, progress):
-            if result.error is None:   # failures are asked again by the next run
-                answered.append(result)
-    lookups = cached + answered
-    store.write_table(CC_PAGES_TABLE, shard, pl.DataFrame(
-        [r.as_row() for r in sorted(lookups, key=lambda r: r.key)], schema=CC_PAGES_SCHEMA))
-    return {r.key: r.page for r in lookups if r.page is not None}
 
 
 @shard_check(asset=raw_c4, blocking=True)
