@@ -337,6 +337,22 @@ def sample_resources(storage_root: str, *, shards_root: str | None = None,
     }
 
 
+def env_or(name: str, default: Any, *, as_int: bool = False, if_empty: Any = None) -> Any:
+    """An optional setting from the environment: ``dg.EnvVar(name)`` when the variable is set at
+    load (then its value is read when a run starts and never shown in the UI), ``if_empty`` when
+    it is set to "", else ``default``.
+
+    Only whether the variable exists is looked at here, never its value: an unset optional
+    variable keeps the field's default instead of failing every run (a bare ``EnvVar`` requires
+    the variable at run time), as ``s3_resource_from_env`` does for the S3 settings.
+    """
+    if name not in os.environ:
+        return default
+    if not os.environ[name]:
+        return if_empty
+    return dg.EnvVar.int(name) if as_int else dg.EnvVar(name)
+
+
 def _env_list(name: str) -> list[str]:
     return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
 
@@ -377,22 +393,26 @@ def common_crawl_from_env() -> CommonCrawlConfig | None:
 def production_resources() -> dict[str, Any]:
     """Everything from the environment; see README "Point it at real data" and "Production deployment"."""
     s3 = s3_resource_from_env()
+    fetcher, clip = ImageFetcher.model_fields, ClipModel.model_fields
     return {
         "storage": StorageResource(root=dg.EnvVar("MMC4_STORAGE_ROOT"), **s3_fields(s3)),
         "source": ShardSource(shards_root=dg.EnvVar("MMC4_SHARDS_ROOT"),
                               page_archives=_env_list("MMC4_PAGE_ARCHIVES"),
                               common_crawl=common_crawl_from_env(), **s3_fields(s3)),
-        "fetcher": ImageFetcher(user_agent=os.environ.get("MMC4_USER_AGENT", ImageFetcher.model_fields["user_agent"].default)),
+        "fetcher": ImageFetcher(user_agent=env_or("MMC4_USER_AGENT", fetcher["user_agent"].default,
+                                                  if_empty=fetcher["user_agent"].default)),
         "quality": DataQuality(),
         "dask": dask_engine_from_env(),
         "classifiers": FeatureClassifiers(
-            nsfw_weights=os.environ.get("MMC4_NSFW_WEIGHTS") or None,
-            face_weights=os.environ.get("MMC4_FACE_WEIGHTS") or None,
-            feature_model=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
+            nsfw_weights=env_or("MMC4_NSFW_WEIGHTS", None),
+            face_weights=env_or("MMC4_FACE_WEIGHTS", None),
+            # the weights were trained on the model the features come from
+            feature_model=env_or("MMC4_CLIP_MODEL", clip["model_name"].default),
         ),
-        "clip": ClipModel(model_name=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
-                          pretrained=os.environ.get("MMC4_CLIP_PRETRAINED", "openai") or None,
-                          device=os.environ.get("MMC4_CLIP_DEVICE", "auto")),
+        "clip": ClipModel(model_name=env_or("MMC4_CLIP_MODEL", clip["model_name"].default,
+                                            if_empty=clip["model_name"].default),
+                          pretrained=env_or("MMC4_CLIP_PRETRAINED", clip["pretrained"].default),  # "": random
+                          device=env_or("MMC4_CLIP_DEVICE", clip["device"].default, if_empty=clip["device"].default)),
     }
 
 
