@@ -4,7 +4,7 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
@@ -58,11 +58,15 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
 
     started = time.perf_counter()
     with store.table_writer("raw_c4_quarantine", shard, QUARANTINE_SCHEMA) as quarantine, \
-            store.table_writer("raw_c4", shard, RAW_C4_SCHEMA) as out, source.open(str(path)) as fh:
+            store.table_writer("raw_c4", shard, RAW_C4_SCHEMA, config.model_dump()) as out, \
+            source.open(str(path)) as fh:
         for row in document_rows(iter_c4_lines(fh), pages, shard, url_filter, doc_stats,
                                  image_stats, quarantine.append, max_chars=config.max_doc_chars,
                                  splitter=config.sentence_splitter):
             out.append(row)
+        # the counts the check reconciles with, carried with the table
+        out.params.update(num_lines=doc_stats.seen, image_urls_kept=image_stats.kept,
+                          image_url_drops=dict(sorted(image_stats.dropped.items())))
     doc_stats.timings["parse"] = time.perf_counter() - started
 
     return dg.MaterializeResult(metadata={
@@ -112,15 +116,14 @@ def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext, storage
     store, shard = storage.store(), context.partition_key
     docs = store.read_table("raw_c4", shard)
     quarantine = store.read_table("raw_c4_quarantine", shard)
-    md = latest_metadata(context, "raw_c4")
-    kept, dropped = md.get("image_urls_kept", 0), md.get("image_urls_dropped", 0)
+    ran = store.read_table_params("raw_c4", shard)   # written with the table: its counts
+    image_drops = ran.get("image_url_drops")
+    kept, dropped = ran.get("image_urls_kept", 0), sum((image_drops or {}).values())
     drop_share = dropped / (kept + dropped) if kept + dropped else 0.0
     thresholds = quality.thresholds()
     suite = validate_suite(quality, "raw_c4", shard, storage.root,
                            lambda: suites.raw_c4_frame(docs, drop_share),
                            lambda: suites.raw_c4_expectations(thresholds))
-    image_drops = {k.removeprefix("image_urls_dropped_"): v for k, v in md.items()
-                   if k.startswith("image_urls_dropped_")}
-    outcome = raw_c4_rules(docs, quarantine, md.get("num_lines"), quality.allow_truncated_source,
-                           image_drops if md else None, kept if md else None)
+    outcome = raw_c4_rules(docs, quarantine, ran.get("num_lines"), quality.allow_truncated_source,
+                           image_drops, kept if ran else None)
     return check_result(outcome, suite, url_filter_drop_share=round(drop_share, 4))

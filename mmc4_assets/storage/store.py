@@ -140,7 +140,8 @@ class ShardStore:
     @contextlib.contextmanager
     def table_writer(self, table: str, shard: str, schema: dict,
                      params: dict[str, Any] | None = None) -> Iterator[TableWriter]:
-        """Write a table; ``params`` (JSON-able) travel in its parquet metadata, see read_table_params."""
+        """Write a table; ``params`` (JSON-able; ``writer.params`` may grow until the block ends)
+        travel in its parquet key-value metadata, see read_table_params."""
         with self.open_atomic(self.table_path(table, shard)) as fh:
             writer = TableWriter(fh, schema, params=params)
             try:
@@ -156,7 +157,7 @@ class ShardStore:
     def read_table_params(self, table: str, shard: str) -> dict[str, Any]:
         """The parameters the table was written with ({} for a table written without any)."""
         with self.table_path(table, shard).open("rb") as fh:
-            raw = (pq.ParquetFile(fh).schema_arrow.metadata or {}).get(PARAMS_KEY)
+            raw = (pq.ParquetFile(fh).metadata.metadata or {}).get(PARAMS_KEY)
         return json.loads(raw) if raw else {}
 
     def has_table(self, table: str, shard: str) -> bool:
@@ -216,10 +217,9 @@ class TableWriter:
 
     def __init__(self, fh: Any, schema: dict, buffer_rows: int = 4096, params: dict[str, Any] | None = None):
         self._schema = pl.Schema(schema)
-        arrow_schema = pl.DataFrame(schema=self._schema).to_arrow().schema
-        if params is not None:
-            arrow_schema = arrow_schema.with_metadata({PARAMS_KEY: json.dumps(params, sort_keys=True)})
-        self._writer = pq.ParquetWriter(fh, arrow_schema, compression="zstd")
+        self._writer = pq.ParquetWriter(fh, pl.DataFrame(schema=self._schema).to_arrow().schema,
+                                        compression="zstd")
+        self.params = dict(params) if params is not None else None   # written at close
         self._buffer: list[dict] = []
         self._buffer_rows = buffer_rows
         self.rows = 0
@@ -250,4 +250,6 @@ class TableWriter:
 
     def close(self) -> None:
         self._flush()
+        if self.params is not None:
+            self._writer.add_key_value_metadata({PARAMS_KEY: json.dumps(self.params, sort_keys=True)})
         self._writer.close()
