@@ -4,9 +4,9 @@ import dagster as dg
 
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, AssignTotals, assign_batches
 from mmc4_assets.defs.clip_scores import clip_scores
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, settings_of, shard_check, stats_metadata
+from mmc4_assets.defs.common import GROUP, config_hash, settings_of, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
-from mmc4_assets.defs.quality import DataQuality, validate_suite
+from mmc4_assets.defs.quality import DataQuality, run_param_check
 from mmc4_assets.defs.resources import StorageResource
 from mmc4_assets.mmc4_params import AssignSettings
 from mmc4_assets.quality import suites
@@ -53,12 +53,6 @@ def assignments(context: dg.AssetExecutionContext, config: AssignmentsConfig,
 def assignments_within_text_list(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                  quality: DataQuality) -> dg.AssetCheckResult:
     """matched_text_index inside text_list, every kept image's best sentence >= min_similarity, one image per sentence but surplus."""
-    shard, store = context.partition_key, storage.store()
-    # the threshold the table was made with, stored beside it (MMC4's for a table from before)
-    min_sim = store.read_table_params("assignments", shard).get("min_similarity", AssignSettings.min_similarity)
-    assigned = store.read_table("assignments", shard)
-    thresholds = quality.thresholds(min_similarity=min_sim)
-    suite = validate_suite(quality, "assignments", shard, storage.root,
-                           lambda: suites.assignments_frame(assigned),
-                           lambda: suites.assignments_expectations(thresholds))
-    return check_result(assignments_rules(assigned, min_sim), suite, min_similarity=min_sim)
+    return run_param_check(quality, storage, "assignments", context.partition_key, "min_similarity",
+                           AssignSettings.min_similarity, assignments_rules, suites.assignments_frame,
+                           suites.assignments_expectations)

@@ -3,9 +3,9 @@ import dagster as dg
 from mmc4_assets.dedup.phash import url_duplicate_flags
 from mmc4_assets.dedup.shard import DEDUPED_SCHEMA, DedupTotals, dedup_documents
 from mmc4_assets.defs.assignments import assignments
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, settings_of, shard_check, stats_metadata
+from mmc4_assets.defs.common import GROUP, config_hash, settings_of, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
-from mmc4_assets.defs.quality import DataQuality, validate_suite
+from mmc4_assets.defs.quality import DataQuality, run_param_check
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import StorageResource
 from mmc4_assets.mmc4_params import DedupSettings
@@ -58,12 +58,6 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
 def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                     quality: DataQuality) -> dg.AssetCheckResult:
     """No two images of a document within the pHash threshold; no document without images."""
-    shard, store = context.partition_key, storage.store()
-    # the threshold the table was made with, stored beside it (MMC4's for a table from before)
-    threshold = store.read_table_params("deduped_docs", shard).get("phash_threshold", DedupSettings.phash_threshold)
-    docs = store.read_table("deduped_docs", shard)
-    thresholds = quality.thresholds(phash_threshold=threshold)
-    suite = validate_suite(quality, "deduped_docs", shard, storage.root,
-                           lambda: suites.deduped_docs_frame(docs),
-                           lambda: suites.deduped_docs_expectations(thresholds))
-    return check_result(deduped_docs_rules(docs, threshold), suite, phash_threshold=threshold)
+    return run_param_check(quality, storage, "deduped_docs", context.partition_key, "phash_threshold",
+                           DedupSettings.phash_threshold, deduped_docs_rules, suites.deduped_docs_frame,
+                           suites.deduped_docs_expectations)

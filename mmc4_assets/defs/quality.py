@@ -68,3 +68,19 @@ def validate_suite(quality: DataQuality, suite: str, partition: str, storage_roo
     if not quality.gx_enabled:
         return None
     return quality.validate(suite, partition, frame_fn(), expectations_fn(), storage_root)
+
+
+def run_param_check(quality: DataQuality, storage: Any, table: str, shard: str, param: str, default: Any,
+                    rules: Callable[[Any, Any], Any], frame: Callable[[Any], Any],
+                    expectations: Callable[[Thresholds], list]) -> dg.AssetCheckResult:
+    """The blocking check of a stage whose rules depend on one parameter: the value the table was
+    made with (stored beside it, ``read_table_params``; ``default`` for a table from before)."""
+    from mmc4_assets.defs.common import check_result
+
+    store = storage.store()
+    value = store.read_table_params(table, shard).get(param, default)
+    data = store.read_table(table, shard)
+    thresholds = quality.thresholds(**{param: value})
+    suite = validate_suite(quality, table, shard, storage.root, lambda: frame(data),
+                           lambda: expectations(thresholds))
+    return check_result(rules(data, value), suite, **{param: value})
