@@ -203,8 +203,9 @@ def write_clip_scores(store, shard: str, scorer: ShardScorer, stats: StepStats, 
     # both tables stream in document order and are merge-joined: memory is per batch, not per shard
     raw = store.iter_batches("raw_c4", shard, RAW_COLUMNS, docs_per_batch)
     fetched = store.iter_batches("fetched_images", shard, FETCHED_COLUMNS, fetched_rows_per_batch)
+    features = features_schema(scorer.encoder.embed_dim)
     with store.table_writer("clip_scores", shard, CLIP_SCORES_SCHEMA, params) as out, \
-            store.table_writer("clip_image_features", shard, features_schema(scorer.encoder.embed_dim), params) as feats:
+            store.table_writer("clip_image_features", shard, features, params) as feats:
         for rows, features in score_shard(raw, fetched, scorer, stats, totals):
             out.write(rows)
             feats.write(features)

@@ -54,7 +54,8 @@ def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str]
 
 
 def update_image_counts(store: ShardStore, latest: dict[str, int | None],
-                        read_contribution: Callable[[str], pl.DataFrame], *, limit: int = ExactCountSettings.max_docs_per_image,
+                        read_contribution: Callable[[str], pl.DataFrame], *,
+                        limit: int = ExactCountSettings.max_docs_per_image,
                         buckets: int = 16, full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the corpus counts to ``latest`` (shard -> version of its contribution).
 
@@ -113,5 +114,6 @@ class ImageCounts:
 def load_image_counts(store: ShardStore) -> ImageCounts:
     state = CorpusState.load(store, NAME)
     over = state.read(f"{COUNTER}.over", {"key": pl.UInt64})
-    return ImageCounts(state.version, state.settings.get("limit", ExactCountSettings.max_docs_per_image), frozenset(over["key"].to_list()),
+    limit = state.settings.get("limit", ExactCountSettings.max_docs_per_image)
+    return ImageCounts(state.version, limit, frozenset(over["key"].to_list()),
                        {s: e["storage_id"] for s, e in state.registry.items()})

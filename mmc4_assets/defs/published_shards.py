@@ -20,7 +20,8 @@ from mmc4_assets.quality import suites
 from mmc4_assets.quality.funnel import funnel_rows
 from mmc4_assets.stats import StepStats
 
-CoreConfig = settings_config("CoreConfig", CoreRules, "MMC4-core's rules (CoreRules in mmc4_params.py: defaults are MMC4's).")
+CoreConfig = settings_config("CoreConfig", CoreRules,
+                             "MMC4-core's rules (CoreRules in mmc4_params.py: defaults are MMC4's).")
 
 
 class PublishConfig(dg.Config):
@@ -88,7 +89,7 @@ def published_shards(context: dg.AssetExecutionContext, config: PublishConfig,
                                      lambda asset: latest_version(context.instance, asset, shard))
         common = {
             "source_shard": shard, "format": "mmc4", "mmc4_assets_version": __version__,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "model": upstream.get("clip_scores", {}).get("model"),
             "random_weights": upstream.get("clip_scores", {}).get("random_weights"),
             "upstream": upstream, "config_hash": config_hash(config), **decided,

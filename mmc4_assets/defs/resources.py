@@ -216,28 +216,31 @@ def dask_engine_from_env() -> DaskEngine:
 
 
 class ImageFetcher(dg.ConfigurableResource):
-    """HTTP settings for image downloads. Private and loopback targets are refused unless allowed."""
+    """HTTP settings for image downloads (defaults and meaning: FetchSettings, fetch/client.py).
 
-    concurrency: int = 64
-    per_host: int = 8
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    total_timeout: float = 30.0
-    max_bytes: int = 16 * 1024 * 1024
-    max_redirects: int = 5
-    retries: int = 2
-    user_agent: str = "mmc4-assets/0.1 (+https://github.com/mmc4-assets/mmc4-assets)"
-    allow_private: bool = False
-    respect_opt_out: bool = True
+    Private and loopback targets are refused unless allowed.
+    """
+
+    concurrency: int = FetchSettings.concurrency
+    per_host: int = FetchSettings.per_host
+    connect_timeout: float = FetchSettings.connect_timeout
+    read_timeout: float = FetchSettings.read_timeout
+    total_timeout: float = FetchSettings.total_timeout
+    max_bytes: int = FetchSettings.max_bytes
+    max_redirects: int = FetchSettings.max_redirects
+    retries: int = FetchSettings.retries
+    user_agent: str = FetchSettings.user_agent
+    allow_private: bool = FetchSettings.allow_private
+    respect_opt_out: bool = FetchSettings.respect_opt_out
     url_rewrites: dict[str, str] = {}
-    per_host_rps: float = 10.0  # request starts per second to one host; 0 = unlimited
+    per_host_rps: float = FetchSettings.per_host_rps  # request starts per second to one host; 0 = unlimited
     unthrottled_hosts: list[str] = []  # hosts you operate (mirrors): no per-host rate limit
-    dns_timeout: float = 5.0
-    max_retry_after: float = 10.0
-    backoff_base: float = 0.5
+    dns_timeout: float = FetchSettings.dns_timeout
+    max_retry_after: float = FetchSettings.max_retry_after
+    backoff_base: float = FetchSettings.backoff_base
     # X-Robots-Tag directives scoped to these bots ("img2dataset: noai") apply to us too,
     # besides those scoped to our user-agent token and unscoped ones.
-    opt_out_tokens: list[str] = ["img2dataset"]
+    opt_out_tokens: list[str] = list(FetchSettings.opt_out_tokens)
     # Start the bundled sample's image server on 127.0.0.1 for the run (sample profile only).
     serve_sample_images: bool = False
     _server: Any = PrivateAttr(default=None)

@@ -21,10 +21,25 @@ from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.mmc4_params import AssignSettings, PublishSettings
 from mmc4_assets.publish.corpus_rules import ImageScore, ShardRules, apply_corpus_rules
 from mmc4_assets.publish.mmc4_format import make_document, shard_number
-from mmc4_assets.publish.shards import (MANIFEST_SUFFIX, PublishedShard, ShardWriter, file_sha256, iter_shard_lines,
-                                        read_manifest)
-from mmc4_assets.publish.subsets import (CORE, CORE_FF, FF, FULL, NEEDS_FACES, SUBSETS, subset_filename,
-                                         subset_folder, subset_versions)
+from mmc4_assets.publish.shards import (
+    MANIFEST_SUFFIX,
+    PublishedShard,
+    ShardWriter,
+    file_sha256,
+    iter_shard_lines,
+    read_manifest,
+)
+from mmc4_assets.publish.subsets import (
+    CORE,
+    CORE_FF,
+    FF,
+    FULL,
+    NEEDS_FACES,
+    SUBSETS,
+    subset_filename,
+    subset_folder,
+    subset_versions,
+)
 from mmc4_assets.quality.rules import Outcome, published_assignment_rules, published_rules
 from mmc4_assets.stats import StepStats
 
