@@ -82,17 +82,6 @@ def stats_metadata(stats: StepStats, prefix: str, what: str) -> dict[str, Any]:
     return md
 
 
-def latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[str, Any]:
-    """Metadata of this partition's latest materialization of ``asset`` (the thresholds it ran with)."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[context.partition_key]),
-        limit=1)
-    if not records.records:
-        return {}
-    mat = records.records[0].asset_materialization
-    return {k: v.value for k, v in (mat.metadata or {}).items()} if mat else {}
-
-
 def check_result(outcome: Outcome, suite: Any = None, **extra: Any) -> dg.AssetCheckResult:
     """One blocking result from the structural rules and the partition's GX suite (if run)."""
     failing = [k for k, v in outcome.failures.items() if v]
