@@ -24,8 +24,8 @@ import hashlib
 import io
 import math
 import warnings
-from struct import error as struct_error  # Pillow's parsers raise it on short headers
 from dataclasses import dataclass
+from struct import error as struct_error  # Pillow's parsers raise it on short headers
 
 import cv2
 import numpy as np
@@ -33,8 +33,8 @@ import scipy.fft
 import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from mmc4_assets.mmc4_params import ImageLimits  # noqa: F401  (re-exported: the fetch step's settings)
 from mmc4_assets.fetch.sniff import DECODED_FORMATS, SNIFF_BYTES, sniff_image_format
+from mmc4_assets.mmc4_params import ImageLimits  # noqa: F401  (re-exported: the fetch step's settings)
 
 cv2.setNumThreads(1)  # one image per worker thread; OpenCV's pool would oversubscribe the cores
 
