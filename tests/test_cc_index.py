@@ -19,7 +19,8 @@ from test_s3_support import s3_server  # noqa: F401  (fixture)
 from warcio.archiveiterator import ArchiveIterator
 
 from mmc4_assets.defs.partitions import shards
-from mmc4_assets.defs.raw_c4 import CC_PAGES_TABLE, raw_c4, raw_c4_documents_well_formed
+from mmc4_assets.defs.raw_c4 import raw_c4, raw_c4_documents_well_formed
+from mmc4_assets.pages.recovery import CC_PAGES_TABLE
 from mmc4_assets.defs.resources import CommonCrawlConfig, sample_resources
 from mmc4_assets.pages.archives import normalize_url
 from mmc4_assets.pages.cc_index import (

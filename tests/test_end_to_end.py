@@ -183,7 +183,7 @@ def test_blocking_check_stops_downstream_on_broken_output(tmp_path, monkeypatch)
     # corrupt the assignment rule: a blocking check must stop deduped_docs/published_shards
     import dataclasses
 
-    import mmc4_assets.defs.assignments as mod
+    import mmc4_assets.assign.shard as mod  # the step the asset runs
 
     original = mod.assign_frame
 

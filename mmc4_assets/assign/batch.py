@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmc4_assets.assign.linear import MMC4, check_rule, solve_mmc4, solve_thresholded_argmax
+from mmc4_assets.mmc4_params import AssignSettings
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def _segment_starts(lengths: np.ndarray) -> np.ndarray:
 
 
 def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarray,
-                min_sim: float = 0.15, rule: str = MMC4) -> BatchAssignment:
+                min_sim: float = AssignSettings.min_similarity, rule: str = MMC4) -> BatchAssignment:
     """Assign every document of a batch; ``values`` is the concatenation of the row-major matrices."""
     check_rule(rule)
     n = np.asarray(n_images, dtype=np.int64)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from mmc4_assets.mmc4_params import AssignSettings
+
 MMC4 = "mmc4"
 THRESHOLDED_ARGMAX = "thresholded_argmax"
 RULES = (MMC4, THRESHOLDED_ARGMAX)
@@ -87,7 +89,8 @@ def solve_thresholded_argmax(sim: np.ndarray, min_sim: float) -> tuple[np.ndarra
     return matched, surplus
 
 
-def assign_images(similarity_matrix: np.ndarray, min_sim: float = 0.15, rule: str = MMC4) -> Assignment:
+def assign_images(similarity_matrix: np.ndarray, min_sim: float = AssignSettings.min_similarity,
+                  rule: str = MMC4) -> Assignment:
     check_rule(rule)
     sim = np.asarray(similarity_matrix, dtype=np.float64)
     if sim.ndim != 2:

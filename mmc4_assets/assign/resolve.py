@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from mmc4_assets.assign.linear import MMC4, check_rule, solve_mmc4, solve_thresholded_argmax
+from mmc4_assets.mmc4_params import AssignSettings
 
-DEFAULT_MIN_SIM = 0.15
+DEFAULT_MIN_SIM = AssignSettings.min_similarity
 
 
 def reassign(image_info: list[dict], similarity_matrix: list[list[float]],

@@ -9,6 +9,7 @@ one row as a dict, for tools and tests.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 
 from mmc4_assets.assign.batch import assign_flat
 from mmc4_assets.assign.linear import MMC4, assign_images, check_rule
+from mmc4_assets.mmc4_params import AssignSettings
 from mmc4_assets.stats import StepStats
 
 ASSIGNED_IMAGE = pl.Struct({"image_index": pl.Int32, "image_name": pl.String, "raw_url": pl.String,
@@ -122,3 +124,30 @@ def assign_document(row: dict, min_sim: float, image_stats: StepStats, rule: str
     return {"doc_id": row["doc_id"], "url": row["url"], "text_list": row["text_list"],
             "image_info": image_info, "similarity_matrix": matrix[result.kept].tolist(),
             "num_candidates": len(row["images"]), "assignment": rule, "min_similarity": float(min_sim)}
+
+
+@dataclass
+class AssignTotals:
+    """Running totals of a shard's assignment: nothing of the shard is kept but the current batch."""
+
+    matched_sim_sum: float = 0.0
+    docs_solved: int = 0        # the rest took the exact argmax fast path
+
+    def mean_matched_sim(self, images: int) -> float:
+        return round(self.matched_sim_sum / images, 4) if images else 0.0
+
+
+def assign_batches(batches: Iterable[pl.DataFrame], settings: AssignSettings, docs: StepStats,
+                   images: StepStats, totals: AssignTotals) -> Iterator[pl.DataFrame]:
+    """The assignments step over clip_scores batches: assigned frames out, every drop counted."""
+    for batch in batches:
+        assigned = assign_frame(batch, settings.min_similarity, settings.assignment)
+        docs.keep(assigned.frame.height)
+        images.keep(assigned.images_kept)
+        if assigned.docs_in > assigned.frame.height:
+            docs.drop("no_image_above_min_similarity", assigned.docs_in - assigned.frame.height)
+        if assigned.images_dropped:
+            images.drop("below_min_similarity", assigned.images_dropped)
+        totals.matched_sim_sum += assigned.matched_sim_sum
+        totals.docs_solved += assigned.docs_solved
+        yield assigned.frame

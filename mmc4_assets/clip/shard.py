@@ -194,14 +194,18 @@ def scores_frame(batch: DocBatch, scored: ScoredBatch) -> pl.DataFrame:
 
 
 def write_clip_scores(store, shard: str, scorer: ShardScorer, stats: StepStats, *, docs_per_batch: int = 256,
-                      fetched_rows_per_batch: int = 4096) -> ShardScoreStats:
-    """The clip_scores step of one shard: read raw_c4 + fetched_images, score, write both tables."""
+                      fetched_rows_per_batch: int = 4096, params: dict | None = None) -> ShardScoreStats:
+    """The clip_scores step of one shard: read raw_c4 + fetched_images, score, write both tables.
+
+    ``params`` (the model the scores come from) travel with both tables (``read_table_params``).
+    """
     totals = ShardScoreStats()
     # both tables stream in document order and are merge-joined: memory is per batch, not per shard
     raw = store.iter_batches("raw_c4", shard, RAW_COLUMNS, docs_per_batch)
     fetched = store.iter_batches("fetched_images", shard, FETCHED_COLUMNS, fetched_rows_per_batch)
-    with store.table_writer("clip_scores", shard, CLIP_SCORES_SCHEMA) as out, \
-            store.table_writer("clip_image_features", shard, features_schema(scorer.encoder.embed_dim)) as feats:
+    features = features_schema(scorer.encoder.embed_dim)
+    with store.table_writer("clip_scores", shard, CLIP_SCORES_SCHEMA, params) as out, \
+            store.table_writer("clip_image_features", shard, features, params) as feats:
         for rows, features in score_shard(raw, fetched, scorer, stats, totals):
             out.write(rows)
             feats.write(features)

@@ -31,6 +31,7 @@ import polars as pl
 
 from mmc4_assets.dedup.corpus_state import CorpusState, CorpusUpdate, plan
 from mmc4_assets.engine import map_ordered
+from mmc4_assets.mmc4_params import BlocklistRule
 from mmc4_assets.storage import ShardStore
 
 RULE = "mmc4_sample_blocklist"       # MMC4's rule (default)
@@ -38,20 +39,6 @@ EXACT_RULE = "exact_corpus_count"    # the stricter variant: exact pHash in > 10
 SAMPLE_SCHEMA = {"priority": pl.UInt64, "key": pl.UInt64, "shard": pl.String}
 BLOCKLIST_SCHEMA = {"key": pl.UInt64, "near_duplicates": pl.UInt32}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-@dataclass(frozen=True)
-class BlocklistRule:
-    """MMC4's parameters (defaults) for the sample-based frequent-image rule."""
-
-    sample_size: int = 60_000
-    max_near_duplicates: int = 10   # blocked when MORE than this many duplicates in the sample
-    max_distance: int = 5           # findimagedupes threshold (pHash bits)
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return {"sample_size": self.sample_size, "max_near_duplicates": self.max_near_duplicates,
-                "max_distance": self.max_distance, "seed": self.seed}
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -165,7 +152,7 @@ class Blocklist:
     """The blocked pHashes and the distance within which they drop an image."""
 
     keys: np.ndarray          # u64, sorted
-    max_distance: int = 5
+    max_distance: int = BlocklistRule.max_distance
     version: int = 0
     rule: str = RULE
 
@@ -282,5 +269,5 @@ def load_blocklist(store: ShardStore) -> tuple[Blocklist, dict[str, int | None],
     """The current blocklist, the shards it absorbed (shard -> storage id), and its settings."""
     state = CorpusState.load(store, NAME)
     keys = state.read("blocklist", BLOCKLIST_SCHEMA)["key"].to_numpy()
-    blocklist = Blocklist(np.sort(keys), state.settings.get("max_distance", 5), state.version)
+    blocklist = Blocklist(np.sort(keys), state.settings.get("max_distance", BlocklistRule.max_distance), state.version)
     return blocklist, {s: e["storage_id"] for s, e in state.registry.items()}, dict(state.settings)

@@ -30,6 +30,7 @@ from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, 
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
 from mmc4_assets.engine import map_ordered
+from mmc4_assets.mmc4_params import DocIndexSettings
 from mmc4_assets.storage import ShardStore
 
 NAME = "doc_index"
@@ -129,7 +130,8 @@ def _near_duplicate_edges(shared: pl.DataFrame, changed: set[str], id_to_shard: 
 
 
 def update_doc_index(store: ShardStore, latest: dict[str, int | None],
-                     read_fingerprints: Callable[[str], pl.DataFrame], *, threshold: float = 0.8,
+                     read_fingerprints: Callable[[str], pl.DataFrame], *,
+                     threshold: float = DocIndexSettings.near_duplicate_jaccard,
                      buckets: int = 16, scheme: MinHashScheme = SCHEME,
                      full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the document index to ``latest`` (shard -> version of its fingerprints).
@@ -242,5 +244,6 @@ def load_doc_decisions(store: ShardStore, shard: str, url_keys_of_shard: Iterabl
     near: dict[str, tuple[str, str, float]] = {}
     for row in edges.sort("a_shard", "a_doc").iter_rows(named=True):
         near.setdefault(row["b_doc"], (row["a_shard"], row["a_doc"], round(float(row["jaccard"]), 4)))
-    return DocDecisions(state.version, state.settings.get("threshold", 0.8), dup, url_owner, near,
+    threshold = state.settings.get("threshold", DocIndexSettings.near_duplicate_jaccard)
+    return DocDecisions(state.version, threshold, dup, url_owner, near,
                         {s: e["storage_id"] for s, e in state.registry.items()})

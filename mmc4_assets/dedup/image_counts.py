@@ -21,6 +21,7 @@ from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, 
                                             over_set_changes, plan, update_key_index, update_over_limit)
 from mmc4_assets.dedup.keys import phash_keys
 from mmc4_assets.engine import map_ordered
+from mmc4_assets.mmc4_params import ExactCountSettings
 from mmc4_assets.storage import ShardStore
 
 NAME = "image_counts"
@@ -53,7 +54,8 @@ def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str]
 
 
 def update_image_counts(store: ShardStore, latest: dict[str, int | None],
-                        read_contribution: Callable[[str], pl.DataFrame], *, limit: int = 10,
+                        read_contribution: Callable[[str], pl.DataFrame], *,
+                        limit: int = ExactCountSettings.max_docs_per_image,
                         buckets: int = 16, full_recompute: bool = False, client=None) -> CorpusUpdate:
     """Bring the corpus counts to ``latest`` (shard -> version of its contribution).
 
@@ -112,5 +114,6 @@ class ImageCounts:
 def load_image_counts(store: ShardStore) -> ImageCounts:
     state = CorpusState.load(store, NAME)
     over = state.read(f"{COUNTER}.over", {"key": pl.UInt64})
-    return ImageCounts(state.version, state.settings.get("limit", 10), frozenset(over["key"].to_list()),
+    limit = state.settings.get("limit", ExactCountSettings.max_docs_per_image)
+    return ImageCounts(state.version, limit, frozenset(over["key"].to_list()),
                        {s: e["storage_id"] for s, e in state.registry.items()})

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from mmc4_assets.mmc4_params import DedupSettings
+
 
 def hamming(a: str, b: str) -> int:
     """Bit distance of two hex-encoded 64-bit hashes."""
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def dedup_in_document(phashes: Sequence[str], threshold: int = 5) -> list[int | None]:
+def dedup_in_document(phashes: Sequence[str], threshold: int = DedupSettings.phash_threshold) -> list[int | None]:
     """For each image, the index of an earlier kept image it duplicates, or None if kept.
 
     Images within ``threshold`` bits of an earlier kept image are duplicates; the first

@@ -6,8 +6,6 @@ from mmc4_assets.defs.common import GROUP, SIGNALS_GROUP
 from mmc4_assets.defs.partitions import archives, shards
 from mmc4_assets.defs.resources import ShardSource
 
-STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
-
 # what a shard's run writes: its stages up to deduped_docs and its contributions to the corpus
 # state. Corpus updates batch many shards (corpus_update_job, started by corpus_update_sensor),
 # and publishing follows the update that includes the shard (corpus_publish_sensor).

@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from mmc4_assets.classify.features import FeatureClassifier, load_classifier
+from mmc4_assets.mmc4_params import ClassifierSettings
 
 
 class FeatureClassifiers(dg.ConfigurableResource):
@@ -20,10 +21,10 @@ class FeatureClassifiers(dg.ConfigurableResource):
 
     nsfw_weights: str | None = None
     nsfw_format: str = "auto"
-    nsfw_threshold: float = 0.1    # MMC4: drop images with p(nsfw) > 0.1
+    nsfw_threshold: float = ClassifierSettings.nsfw_threshold  # defaults and meaning: mmc4_params.py
     face_weights: str | None = None
     face_format: str = "auto"
-    face_threshold: float = 0.5    # an image has a face when p(face) > this
+    face_threshold: float = ClassifierSettings.face_threshold
     # the CLIP model the weights were trained on (e.g. "ViT-L-14"); when set, scoring
     # features of any other model fails instead of producing meaningless probabilities
     feature_model: str | None = None
@@ -36,6 +37,9 @@ class FeatureClassifiers(dg.ConfigurableResource):
         if name not in self._loaded:
             self._loaded[name] = load_classifier(name, path, fmt)
         return self._loaded[name]
+
+    def settings(self) -> ClassifierSettings:
+        return ClassifierSettings(nsfw_threshold=self.nsfw_threshold, face_threshold=self.face_threshold)
 
     def nsfw(self) -> FeatureClassifier | None:
         return self._get("nsfw", self.nsfw_weights, self.nsfw_format)

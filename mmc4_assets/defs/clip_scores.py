@@ -29,9 +29,11 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
     started = time.perf_counter()
     encoder = clip.encoder()
     stats.timings["model_load"] = time.perf_counter() - started
+    # the model travels with the scores and features: image_classifier_scores checks it there
+    params = {"model_name": clip.model_name, "model": encoder.description, "random_weights": encoder.spec.is_random}
     with clip.scorer(store.get_blob) as scorer, stats.timer("score"):
         totals = write_clip_scores(store, shard, scorer, stats, docs_per_batch=config.docs_per_batch,
-                                   fetched_rows_per_batch=config.fetched_rows_per_batch)
+                                   fetched_rows_per_batch=config.fetched_rows_per_batch, params=params)
     stats.timings.update(scorer.timings)
     stats.timings.update(scorer.background_cpu)
     seconds = stats.timings["score"]
@@ -51,8 +53,8 @@ def clip_scores(context: dg.AssetExecutionContext, config: ClipScoresConfig, cli
         "compiled": encoder.compiled,
         "decode_workers": scorer.decode_workers,
         "config_hash": config_hash(config, clip.model_dump()),
-        "path": dg.MetadataValue.path(store.uri("tables", "clip_scores", f"{shard}.parquet")),
-        "features_path": dg.MetadataValue.path(store.uri("tables", "clip_image_features", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("clip_scores", shard))),
+        "features_path": dg.MetadataValue.path(str(store.table_path("clip_image_features", shard))),
     })
 
 

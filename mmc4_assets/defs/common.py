@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
+import pydantic
 
 from mmc4_assets.quality.rules import Outcome
 from mmc4_assets.stats import StepStats
@@ -47,6 +50,23 @@ def shard_check(*, asset: Any, blocking: bool, **kwargs: Any) -> Callable[[Calla
     return decorate
 
 
+S = TypeVar("S")
+
+
+def settings_of(config: Any, settings_cls: type[S]) -> S:
+    """The stage's settings object (mmc4_params.py) from a Config whose fields carry its names."""
+    return settings_cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(settings_cls)})
+
+
+def settings_config(name: str, settings_cls: type, doc: str) -> type[dg.Config]:
+    """A ``dg.Config`` with exactly the fields and defaults of a settings dataclass, and ``.settings()``."""
+    hints = typing.get_type_hints(settings_cls)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(settings_cls)}
+    cls = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, __doc__=doc, **fields)
+    cls.settings = lambda self: settings_of(self, settings_cls)
+    return cls
+
+
 def config_hash(*parts: Any) -> str:
     """Short stable hash of the settings that shaped an output, to spot config drift across partitions."""
     payload = [p.model_dump() if hasattr(p, "model_dump") else p for p in parts]
@@ -60,17 +80,6 @@ def stats_metadata(stats: StepStats, prefix: str, what: str) -> dict[str, Any]:
     md[f"{prefix}_drop_reasons"] = dg.MetadataValue.md(stats.as_markdown(what))
     md.update({f"seconds_{k}": round(v, 3) for k, v in stats.timings.items()})
     return md
-
-
-def latest_metadata(context: dg.AssetCheckExecutionContext, asset: str) -> dict[str, Any]:
-    """Metadata of this partition's latest materialization of ``asset`` (the thresholds it ran with)."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[context.partition_key]),
-        limit=1)
-    if not records.records:
-        return {}
-    mat = records.records[0].asset_materialization
-    return {k: v.value for k, v in (mat.metadata or {}).items()} if mat else {}
 
 
 def check_result(outcome: Outcome, suite: Any = None, **extra: Any) -> dg.AssetCheckResult:

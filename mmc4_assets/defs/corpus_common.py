@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 
-from mmc4_assets.dedup.corpus_state import ConcurrentUpdate, CorpusState, plan
+from mmc4_assets.dedup.corpus_state import ConcurrentUpdate, CorpusState, CorpusUpdate, plan
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.engine import EngineSettings, dask_client
 
@@ -92,3 +93,19 @@ def shards_to_read(store, name: str, latest: dict[str, int], full_recompute: boo
     if full_recompute:
         return len(latest)
     return len(plan(CorpusState.load(store, name), latest, False)[0])
+
+
+def run_corpus_update(context: dg.AssetExecutionContext, store, *, state: str, contributions: str, config: Any,
+                      label: str, update: Callable[[dict[str, int], Any], CorpusUpdate]) -> tuple[CorpusUpdate, dict]:
+    """One corpus asset's update: the latest ``contributions`` of every shard, absorbed into the
+    corpus state ``state`` by ``update(latest, dask_client_or_None)`` (retried on a lost race).
+
+    ``config`` carries ``engine`` and ``full_recompute``. Returns the update and its metadata.
+    """
+    started = time.perf_counter()
+    latest = latest_versions(context.instance, contributions)
+    with engine_for(config.engine, shards_to_read(store, state, latest, config.full_recompute), context) as client:
+        result = with_retries(context, lambda: update(latest, client))
+    context.log.info(f"{label} v{result.version}: read {len(result.absorbed)} shard(s), "
+                     f"{len(result.affected_shards)} published shard(s) affected")
+    return result, update_metadata(result, time.perf_counter() - started)

@@ -1,5 +1,3 @@
-import time
-
 import dagster as dg
 
 from mmc4_assets.dedup import blocklist as bl
@@ -8,22 +6,22 @@ from mmc4_assets.dedup.image_counts import NAME as COUNTS_NAME
 from mmc4_assets.dedup.image_counts import update_image_counts
 from mmc4_assets.dedup.image_rule import RULES, write_pointer
 from mmc4_assets.defs.common import CORPUS_GROUP, config_hash
-from mmc4_assets.defs.corpus_common import (EngineConfig, engine_for, latest_versions, shards_to_read, update_metadata,
-                                            with_retries)
+from mmc4_assets.defs.corpus_common import EngineConfig, run_corpus_update
 from mmc4_assets.defs.image_hash_counts import image_hash_counts
 from mmc4_assets.defs.resources import StorageResource
+from mmc4_assets.mmc4_params import BlocklistRule, ExactCountSettings
 
 
 class CorpusImageCountsConfig(dg.Config):
     # MMC4's rule (default): pHashes with > 10 near-duplicates (<= 5 bits) in a seeded sample of
     # 60,000 fetched images. "exact_corpus_count": exact pHash in > max_docs_per_image documents.
     rule: str = bl.RULE
-    sample_size: int = 60_000
-    max_near_duplicates: int = 10
-    max_distance: int = 5
-    seed: int = 0
+    sample_size: int = BlocklistRule.sample_size
+    max_near_duplicates: int = BlocklistRule.max_near_duplicates
+    max_distance: int = BlocklistRule.max_distance
+    seed: int = BlocklistRule.seed
     frozen_blocklist: bool = False  # keep the current blocklist while the sample grows
-    max_docs_per_image: int = 10    # exact_corpus_count only
+    max_docs_per_image: int = ExactCountSettings.max_docs_per_image  # exact_corpus_count only
     buckets: int = 16               # exact_corpus_count only: memory per update ~ index rows / buckets
     full_recompute: bool = False    # re-read every shard instead of the new and changed ones
     engine: EngineConfig = EngineConfig()
@@ -41,29 +39,23 @@ def corpus_image_counts(context: dg.AssetExecutionContext, config: CorpusImageCo
     if config.rule not in RULES:
         raise dg.Failure(f"unknown rule {config.rule!r}; choose from {list(RULES)}")
     store = storage.store()
-    started = time.perf_counter()
-    latest = latest_versions(context.instance, "image_hash_counts")
-    read = TableReader(store, "image_hash_counts", ("key", "n"))
     if config.rule == bl.RULE:
         rule = bl.BlocklistRule(config.sample_size, config.max_near_duplicates, config.max_distance, config.seed)
-        name = bl.NAME
-        with engine_for(config.engine, shards_to_read(store, name, latest, config.full_recompute), context) as client:
-            update = with_retries(context, lambda: bl.update_image_blocklist(
-                store, latest, read, rule, full_recompute=config.full_recompute,
-                frozen=config.frozen_blocklist, client=client))
-        settings = rule.as_dict()
+        name, settings = bl.NAME, rule.as_dict()
+        run = lambda latest, client: bl.update_image_blocklist(  # noqa: E731
+            store, latest, read, rule, full_recompute=config.full_recompute, frozen=config.frozen_blocklist,
+            client=client)
     else:
-        name = COUNTS_NAME
-        with engine_for(config.engine, shards_to_read(store, name, latest, config.full_recompute), context) as client:
-            update = with_retries(context, lambda: update_image_counts(
-                store, latest, read, limit=config.max_docs_per_image, buckets=config.buckets,
-                full_recompute=config.full_recompute, client=client))
-        settings = {"max_docs_per_image": config.max_docs_per_image}
+        name, settings = COUNTS_NAME, {"max_docs_per_image": config.max_docs_per_image}
+        run = lambda latest, client: update_image_counts(  # noqa: E731
+            store, latest, read, limit=config.max_docs_per_image, buckets=config.buckets,
+            full_recompute=config.full_recompute, client=client)
+    read = TableReader(store, "image_hash_counts", ("key", "n"))
+    update, metadata = run_corpus_update(context, store, state=name, contributions="image_hash_counts",
+                                         config=config, label=config.rule, update=run)
     generation = write_pointer(store, config.rule, update.version)
-    context.log.info(f"{config.rule} v{update.version}: read {len(update.absorbed)} shard(s), "
-                     f"{len(update.affected_shards)} published shard(s) affected")
     return dg.MaterializeResult(metadata={
-        **update_metadata(update, time.perf_counter() - started),
+        **metadata,
         "rule": config.rule,
         # what publications compare: grows with every change of either rule's state
         "generation": generation,

@@ -1,21 +1,27 @@
 import dagster as dg
 
 from mmc4_assets.dedup.phash import url_duplicate_flags
-from mmc4_assets.dedup.shard import DEDUPED_SCHEMA, dedup_document
+from mmc4_assets.dedup.shard import DEDUPED_SCHEMA, DedupTotals, dedup_documents
 from mmc4_assets.defs.assignments import assignments
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
+from mmc4_assets.defs.common import GROUP, config_hash, settings_of, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
-from mmc4_assets.defs.quality import DataQuality, validate_suite
+from mmc4_assets.defs.quality import DataQuality, run_param_check
 from mmc4_assets.defs.raw_c4 import raw_c4
 from mmc4_assets.defs.resources import StorageResource
-from mmc4_assets.quality.rules import deduped_docs_rules
+from mmc4_assets.mmc4_params import DedupSettings
 from mmc4_assets.quality import suites
+from mmc4_assets.quality.rules import deduped_docs_rules
 from mmc4_assets.stats import StepStats
 
 
 class DedupConfig(dg.Config):
-    phash_threshold: int = 5  # MMC4 (findimagedupes): within 5 bits is the same picture
+    """DedupSettings (mmc4_params.py), plus batching."""
+
+    phash_threshold: int = DedupSettings.phash_threshold
     docs_per_batch: int = 2000
+
+    def settings(self) -> DedupSettings:
+        return settings_of(self, DedupSettings)
 
 
 @dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
@@ -23,36 +29,28 @@ class DedupConfig(dg.Config):
 def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
                  storage: StorageResource) -> dg.MaterializeResult:
     """Documents with in-document perceptual duplicates removed and could_have_url_duplicate set."""
-    shard, store = context.partition_key, storage.store()
-    docs, images = StepStats(), StepStats()
-    reassigned = 0  # documents that lost a copy and were assigned again over the rest
+    shard, store, settings = context.partition_key, storage.store(), config.settings()
+    docs, images, totals = StepStats(), StepStats(), DedupTotals()
     # URL duplicates are judged over every document of the shard, not only the survivors.
     # The corpus-wide rules (URL flags across shards, images in > 10 documents, near-duplicate
     # texts, NSFW) need every shard: corpus_image_counts / corpus_doc_index gather them and
     # published_shards applies them.
     url_flags = url_duplicate_flags(store.read_table("raw_c4", shard, ["url"])["url"].to_list())
-    with store.table_writer("deduped_docs", shard, DEDUPED_SCHEMA) as out, docs.timer("dedup"):
-        for batch in store.iter_batches("assignments", shard, batch_size=config.docs_per_batch):
-            for row in batch.iter_rows(named=True):
-                deduped = dedup_document(row, url_flags, config.phash_threshold, images)
-                if deduped is None:
-                    docs.drop("no_image_after_dedup")
-                    continue
-                docs.keep()
-                reassigned += len(deduped["image_info"]) < len(row["image_info"])
-                out.append(deduped)
-    flagged = sum(url_flags.values())
+    batches = store.iter_batches("assignments", shard, batch_size=config.docs_per_batch)
+    with store.table_writer("deduped_docs", shard, DEDUPED_SCHEMA, settings.as_dict()) as out, docs.timer("dedup"):
+        for row in dedup_documents(batches, url_flags, settings, docs, images, totals):
+            out.append(row)
     return dg.MaterializeResult(metadata={
         "num_docs": docs.kept,
         "num_images": images.kept,
         "images_per_doc": round(images.kept / docs.kept, 3) if docs.kept else 0.0,
-        "urls_with_duplicates": flagged,
-        "docs_reassigned": reassigned,
+        "urls_with_duplicates": sum(url_flags.values()),
+        "docs_reassigned": totals.docs_reassigned,
         **stats_metadata(docs, "docs", "documents"),
         **stats_metadata(images, "images", "images"),
-        "phash_threshold": config.phash_threshold,
+        **settings.as_dict(),
         "config_hash": config_hash(config),
-        "path": dg.MetadataValue.path(store.uri("tables", "deduped_docs", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("deduped_docs", shard))),
     })
 
 
@@ -60,11 +58,6 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
 def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                     quality: DataQuality) -> dg.AssetCheckResult:
     """No two images of a document within the pHash threshold; no document without images."""
-    shard = context.partition_key
-    threshold = latest_metadata(context, "deduped_docs").get("phash_threshold", 5)
-    docs = storage.store().read_table("deduped_docs", shard)
-    thresholds = quality.thresholds(phash_threshold=threshold)
-    suite = validate_suite(quality, "deduped_docs", shard, storage.root,
-                           lambda: suites.deduped_docs_frame(docs),
-                           lambda: suites.deduped_docs_expectations(thresholds))
-    return check_result(deduped_docs_rules(docs, threshold), suite, phash_threshold=threshold)
+    return run_param_check(quality, storage, "deduped_docs", context.partition_key, "phash_threshold",
+                           DedupSettings.phash_threshold, deduped_docs_rules, suites.deduped_docs_frame,
+                           suites.deduped_docs_expectations)

@@ -35,5 +35,5 @@ def doc_fingerprints(context: dg.AssetExecutionContext, config: DocFingerprintsC
         "num_candidates": len(seen),
         "candidates_without_words": without_words,
         "scheme": SCHEME.id,
-        "path": dg.MetadataValue.path(store.uri("tables", "doc_fingerprints", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("doc_fingerprints", shard))),
     })

@@ -2,7 +2,7 @@ from typing import Literal
 
 import dagster as dg
 
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.raw_c4 import raw_c4
@@ -16,9 +16,11 @@ from mmc4_assets.stats import StepStats
 
 
 class FetchConfig(dg.Config):
-    min_side: int = 150
-    max_aspect: float = 2.0
-    max_side: int = 800
+    """MMC4's image limits (ImageLimits in mmc4_params.py, defaults there), plus how the shard is fetched."""
+
+    min_side: int = ImageLimits.min_side
+    max_aspect: float = ImageLimits.max_aspect
+    max_side: int = ImageLimits.max_side
     docs_per_batch: int = 500
     decode_workers: int = 0  # threads that decode, resize, hash and store; 0 = cores + 1
     # Rows in this shard's fetch log that a re-run reuses instead of requesting again:
@@ -28,6 +30,9 @@ class FetchConfig(dg.Config):
     log_flush_rows: int = 2048  # the fetch log gets a new part this often (or every 30 s)
     progress_log_seconds: float = 15.0
 
+    def limits(self) -> ImageLimits:
+        return ImageLimits(min_side=self.min_side, max_aspect=self.max_aspect, max_side=self.max_side)
+
 
 @dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
           deps=[raw_c4], tags={"mmc4/stage": "fetch"}, pool="mmc4_fetch",
@@ -36,7 +41,7 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
                    storage: StorageResource) -> dg.MaterializeResult:
     """One row per candidate image of a shard: fetch status or drop reason, size, content hash, pHash."""
     shard, store, stats = context.partition_key, storage.store(), StepStats()
-    limits = ImageLimits(min_side=config.min_side, max_aspect=config.max_aspect, max_side=config.max_side)
+    limits = config.limits()
     settings = fetcher.settings()
     options = ShardOptions(refetch=config.refetch, workers=config.decode_workers,
                            log_flush_rows=config.log_flush_rows,
@@ -50,7 +55,7 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
 
     docs = (doc for batch in store.iter_batches("raw_c4", shard, ["doc_id", "image_urls"], config.docs_per_batch)
             for doc in batch.iter_rows(named=True))
-    with store.table_writer("fetched_images", shard, FETCHED_SCHEMA) as out, stats.timer("fetch"):
+    with store.table_writer("fetched_images", shard, FETCHED_SCHEMA, limits.as_dict()) as out, stats.timer("fetch"):
         for row in fetch_documents(docs, store=store, shard=shard, settings=settings, limits=limits,
                                    stats=stats, options=options, total=total, on_progress=progress):
             out.append(row)
@@ -70,7 +75,7 @@ def fetched_images(context: dg.AssetExecutionContext, config: FetchConfig, fetch
         "user_agent": settings.user_agent,
         "config_hash": config_hash(config.model_dump(exclude={"refetch", "progress_log_seconds"}),
                                    settings.__dict__ | {"url_rewrites": sorted(settings.url_rewrites)}),
-        "path": dg.MetadataValue.path(store.uri("tables", "fetched_images", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("fetched_images", shard))),
     })
 
 
@@ -79,9 +84,9 @@ def fetched_images_match_raw_c4(context: dg.AssetCheckExecutionContext, storage:
                                 quality: DataQuality) -> dg.AssetCheckResult:
     """Every candidate URL of raw_c4 has one row; success rate above the floor; kept images obey MMC4's size, aspect and resize rules."""
     store, shard = storage.store(), context.partition_key
-    md = latest_metadata(context, "fetched_images")
-    params = {"min_side": md.get("min_side", 150), "max_aspect": md.get("max_aspect", 2.0),
-              "max_side": md.get("max_side", 800)}
+    # the limits the table was made with, stored beside it (MMC4's for a table from before)
+    ran_with = {**ImageLimits().as_dict(), **store.read_table_params("fetched_images", shard)}
+    params = {k: ran_with[k] for k in ("min_side", "max_aspect", "max_side")}
     fetched = store.read_table("fetched_images", shard)
     outcome = fetched_images_rules(fetched, store.read_table("raw_c4", shard, ["image_urls"]), **params)
     thresholds = quality.thresholds(**params)

@@ -18,5 +18,5 @@ def image_hash_counts(context: dg.AssetExecutionContext, storage: StorageResourc
         "num_hashes": counts.height,
         "num_doc_images": int(counts["n"].sum() or 0),
         "max_docs_per_hash": int(counts["n"].max() or 0),
-        "path": dg.MetadataValue.path(store.uri("tables", "image_hash_counts", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("image_hash_counts", shard))),
     })

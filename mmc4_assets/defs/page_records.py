@@ -3,7 +3,7 @@ import gzip
 import dagster as dg
 import polars as pl
 
-from mmc4_assets.defs.common import config_hash, latest_metadata, stats_metadata
+from mmc4_assets.defs.common import config_hash, stats_metadata
 from mmc4_assets.defs.partitions import ARCHIVE_BACKFILL, archives
 from mmc4_assets.defs.resources import ShardSource, StorageResource
 from mmc4_assets.pages.archives import ARCHIVE_ERROR, ArchiveReadError
@@ -50,7 +50,7 @@ def page_records(context: dg.AssetExecutionContext, source: ShardSource,
         "archive_error_detail": progress.error_detail or "",
         "archive_recovered": recovered,
         "config_hash": config_hash({"parser": "warcio", "code_version": "1"}),
-        "path": dg.MetadataValue.path(store.uri("tables", PAGE_RECORDS_TABLE, f"{key}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path(PAGE_RECORDS_TABLE, key))),
     })
 
 
@@ -82,9 +82,10 @@ def page_records_outcome(table: pl.DataFrame, md: dict) -> tuple[bool, str, dict
 @dg.asset_check(asset=page_records, blocking=True)
 def page_records_complete(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     """Every record of the archive is a page row or a counted reason, and the archive was read to its end."""
-    table = storage.store().read_table(PAGE_RECORDS_TABLE, context.partition_key,
-                                       columns=["url_key", "image_urls", "image_alts", "image_positions"])
-    md = latest_metadata(context, "page_records")
+    store = storage.store()
+    table = store.read_table(PAGE_RECORDS_TABLE, context.partition_key,
+                             columns=["url_key", "image_urls", "image_alts", "image_positions"])
+    md = store.read_table_params(PAGE_RECORDS_TABLE, context.partition_key)   # how the read went
     passed, description, failures = page_records_outcome(table, md)
     return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, description=description,
                                metadata={**failures, "archive": md.get("archive", "")})

@@ -23,11 +23,11 @@ class DataQuality(dg.ConfigurableResource):
 
     gx_enabled: bool = True
     build_data_docs: bool = True
-    max_url_filter_drop_share: float = 0.95
-    min_fetch_success_rate: float = 0.5
-    norm_tolerance: float = 1e-3
-    max_success_rate_drop: float = 0.15
-    trailing_partitions: int = 20
+    max_url_filter_drop_share: float = Thresholds.max_url_filter_drop_share
+    min_fetch_success_rate: float = Thresholds.min_fetch_success_rate
+    norm_tolerance: float = Thresholds.norm_tolerance
+    max_success_rate_drop: float = Thresholds.max_success_rate_drop
+    trailing_partitions: int = Thresholds.trailing_partitions
     # a truncated or corrupt source shard blocks raw_c4 unless allowed; the check's metadata
     # records the choice and where the source broke
     allow_truncated_source: bool = False
@@ -68,3 +68,19 @@ def validate_suite(quality: DataQuality, suite: str, partition: str, storage_roo
     if not quality.gx_enabled:
         return None
     return quality.validate(suite, partition, frame_fn(), expectations_fn(), storage_root)
+
+
+def run_param_check(quality: DataQuality, storage: Any, table: str, shard: str, param: str, default: Any,
+                    rules: Callable[[Any, Any], Any], frame: Callable[[Any], Any],
+                    expectations: Callable[[Thresholds], list]) -> dg.AssetCheckResult:
+    """The blocking check of a stage whose rules depend on one parameter: the value the table was
+    made with (stored beside it, ``read_table_params``; ``default`` for a table from before)."""
+    from mmc4_assets.defs.common import check_result
+
+    store = storage.store()
+    value = store.read_table_params(table, shard).get(param, default)
+    data = store.read_table(table, shard)
+    thresholds = quality.thresholds(**{param: value})
+    suite = validate_suite(quality, table, shard, storage.root, lambda: frame(data),
+                           lambda: expectations(thresholds))
+    return check_result(rules(data, value), suite, **{param: value})

@@ -4,15 +4,15 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
-from mmc4_assets.defs.common import GROUP, check_result, config_hash, latest_metadata, shard_check, stats_metadata
+from mmc4_assets.defs.common import GROUP, check_result, config_hash, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import SHARD_BACKFILL, shards
 from mmc4_assets.defs.quality import DataQuality, validate_suite
 from mmc4_assets.defs.resources import ShardSource, StorageResource
 from mmc4_assets.defs.shard_pages import shard_pages
-from mmc4_assets.pages.archives import PageRecord, build_page_index, normalize_url
-from mmc4_assets.pages.cc_index import CommonCrawlPages, Lookup
+from mmc4_assets.pages.archives import PageRecord, build_page_index
 from mmc4_assets.pages.page_table import SHARD_PAGES_TABLE, pages_from_rows
 from mmc4_assets.pages.raw_docs import MAX_DOC_CHARS, document_rows, iter_c4_lines
+from mmc4_assets.pages.recovery import common_crawl_pages, wanted_pages
 from mmc4_assets.quality.rules import raw_c4_rules
 from mmc4_assets.quality import suites
 from mmc4_assets.stats import StepStats
@@ -23,14 +23,6 @@ RAW_C4_SCHEMA = {
     "text_list": pl.List(pl.String), "image_urls": pl.List(pl.String), "page_source": pl.String,
 }
 QUARANTINE_SCHEMA = {"line_no": pl.Int64, "url": pl.String, "reason": pl.String, "raw": pl.String}
-# Common Crawl answers per shard: the capture each page came from (provenance), and a cache
-# so a retried run does not ask the index again for what it already answered
-CC_PAGES_TABLE = "raw_c4_cc_pages"
-CC_PAGES_SCHEMA = {
-    "url_key": pl.String, "collection": pl.String, "capture_url": pl.String,
-    "capture_timestamp": pl.String, "filename": pl.String, "offset": pl.Int64, "length": pl.Int64,
-    "page_url": pl.String, "image_urls": pl.List(pl.String), "source": pl.String,
-}
 
 
 class RawC4Config(dg.Config):
@@ -54,22 +46,27 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
     cc_stats = StepStats()
     with doc_stats.timer("page_index"):
         with source.open(str(path)) as fh:   # first streaming pass: the URLs (and times) we need
-            wanted = _wanted_pages(iter_c4_lines(fh))
+            wanted = wanted_pages(iter_c4_lines(fh))
         pages, lookup, archives = _shard_page_table(context, store, shard, source, wanted)
     context.log.info(f"{shard}: {len(pages)} of {len(wanted)} page URLs found ({lookup})")
     if source.common_crawl is not None and source.common_crawl.uses_cdx():
         missing = {k: v for k, v in wanted.items() if k not in pages}
         with doc_stats.timer("common_crawl"):
-            pages.update(_common_crawl_pages(context, store, shard, missing, source, cc_stats))
+            pages.update(common_crawl_pages(store, shard, missing, source.common_crawl.settings(), cc_stats,
+                                            context.log.info))
         context.log.info(f"{shard}: {cc_stats.kept} of {len(missing)} remaining pages found in Common Crawl")
 
     started = time.perf_counter()
     with store.table_writer("raw_c4_quarantine", shard, QUARANTINE_SCHEMA) as quarantine, \
-            store.table_writer("raw_c4", shard, RAW_C4_SCHEMA) as out, source.open(str(path)) as fh:
+            store.table_writer("raw_c4", shard, RAW_C4_SCHEMA, config.model_dump()) as out, \
+            source.open(str(path)) as fh:
         for row in document_rows(iter_c4_lines(fh), pages, shard, url_filter, doc_stats,
                                  image_stats, quarantine.append, max_chars=config.max_doc_chars,
                                  splitter=config.sentence_splitter):
             out.append(row)
+        # the counts the check reconciles with, carried with the table
+        out.params.update(num_lines=doc_stats.seen, image_urls_kept=image_stats.kept,
+                          image_url_drops=dict(sorted(image_stats.dropped.items())))
     doc_stats.timings["parse"] = time.perf_counter() - started
 
     return dg.MaterializeResult(metadata={
@@ -86,7 +83,7 @@ def raw_c4(context: dg.AssetExecutionContext, config: RawC4Config, source: Shard
         # the Common Crawl settings shape which pages are found: part of the hash when used
         "config_hash": config_hash(config, *([source.common_crawl.model_dump()]
                                              if source.common_crawl is not None else [])),
-        "path": dg.MetadataValue.path(store.uri("tables", "raw_c4", f"{shard}.parquet")),
+        "path": dg.MetadataValue.path(str(store.table_path("raw_c4", shard))),
     })
 
 
@@ -112,49 +109,6 @@ def _shard_page_table(context: dg.AssetExecutionContext, store, shard: str, sour
     return build_page_index(paths, wanted, source.open), "archive_scan" if paths else "none", len(paths)
 
 
-def _wanted_pages(lines) -> dict[str, tuple[str, str | None]]:
-    """normalized URL -> (URL as in C4, its timestamp), first document of a URL wins."""
-    wanted: dict[str, tuple[str, str | None]] = {}
-    for line in lines:
-        if line.error is None:
-            wanted.setdefault(normalize_url(line.doc["url"]), (line.doc["url"], line.doc["timestamp"]))
-    return wanted
-
-
-def _common_crawl_pages(context: dg.AssetExecutionContext, store, shard: str,
-                        missing: dict[str, tuple[str, str | None]], source: ShardSource,
-                        stats: StepStats) -> dict[str, PageRecord]:
-    """Pages of ``missing`` URLs from Common Crawl, reusing this shard's cached answers."""
-    cached: list[Lookup] = []
-    if store.has_table(CC_PAGES_TABLE, shard):
-        cached = [Lookup.from_row(r) for r in store.read_table(CC_PAGES_TABLE, shard).iter_rows(named=True)
-                  if r["url_key"] in missing]
-    for hit in cached:
-        if hit.page is not None:
-            stats.keep()
-        else:
-            stats.drop("not_in_crawl" if hit.capture is None else "unreadable_record")
-    todo = {k: v for k, v in missing.items() if k not in {c.key for c in cached}}
-    started, last_log = time.perf_counter(), [time.perf_counter()]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - last_log[0] >= 15:
-            last_log[0] = now
-            context.log.info(f"{shard}: Common Crawl {done}/{total} lookups, "
-                             f"{done / max(now - started, 1e-9):.1f}/s")
-
-    answered: list[Lookup] = []
-    with CommonCrawlPages(source.common_crawl.settings()) as cc:
-        for result in cc.lookup_many(todo, stats, progress):
-            if result.error is None:   # failures are asked again by the next run
-                answered.append(result)
-    lookups = cached + answered
-    store.write_table(CC_PAGES_TABLE, shard, pl.DataFrame(
-        [r.as_row() for r in sorted(lookups, key=lambda r: r.key)], schema=CC_PAGES_SCHEMA))
-    return {r.key: r.page for r in lookups if r.page is not None}
-
-
 @shard_check(asset=raw_c4, blocking=True)
 def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext, storage: StorageResource,
                                  quality: DataQuality) -> dg.AssetCheckResult:
@@ -162,15 +116,14 @@ def raw_c4_documents_well_formed(context: dg.AssetCheckExecutionContext, storage
     store, shard = storage.store(), context.partition_key
     docs = store.read_table("raw_c4", shard)
     quarantine = store.read_table("raw_c4_quarantine", shard)
-    md = latest_metadata(context, "raw_c4")
-    kept, dropped = md.get("image_urls_kept", 0), md.get("image_urls_dropped", 0)
+    ran = store.read_table_params("raw_c4", shard)   # written with the table: its counts
+    image_drops = ran.get("image_url_drops")
+    kept, dropped = ran.get("image_urls_kept", 0), sum((image_drops or {}).values())
     drop_share = dropped / (kept + dropped) if kept + dropped else 0.0
     thresholds = quality.thresholds()
     suite = validate_suite(quality, "raw_c4", shard, storage.root,
                            lambda: suites.raw_c4_frame(docs, drop_share),
                            lambda: suites.raw_c4_expectations(thresholds))
-    image_drops = {k.removeprefix("image_urls_dropped_"): v for k, v in md.items()
-                   if k.startswith("image_urls_dropped_")}
-    outcome = raw_c4_rules(docs, quarantine, md.get("num_lines"), quality.allow_truncated_source,
-                           image_drops if md else None, kept if md else None)
+    outcome = raw_c4_rules(docs, quarantine, ran.get("num_lines"), quality.allow_truncated_source,
+                           image_drops, kept if ran else None)
     return check_result(outcome, suite, url_filter_drop_share=round(drop_share, 4))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -217,28 +216,31 @@ def dask_engine_from_env() -> DaskEngine:
 
 
 class ImageFetcher(dg.ConfigurableResource):
-    """HTTP settings for image downloads. Private and loopback targets are refused unless allowed."""
+    """HTTP settings for image downloads (defaults and meaning: FetchSettings, fetch/client.py).
 
-    concurrency: int = 64
-    per_host: int = 8
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    total_timeout: float = 30.0
-    max_bytes: int = 16 * 1024 * 1024
-    max_redirects: int = 5
-    retries: int = 2
-    user_agent: str = "mmc4-assets/0.1 (+https://github.com/mmc4-assets/mmc4-assets)"
-    allow_private: bool = False
-    respect_opt_out: bool = True
+    Private and loopback targets are refused unless allowed.
+    """
+
+    concurrency: int = FetchSettings.concurrency
+    per_host: int = FetchSettings.per_host
+    connect_timeout: float = FetchSettings.connect_timeout
+    read_timeout: float = FetchSettings.read_timeout
+    total_timeout: float = FetchSettings.total_timeout
+    max_bytes: int = FetchSettings.max_bytes
+    max_redirects: int = FetchSettings.max_redirects
+    retries: int = FetchSettings.retries
+    user_agent: str = FetchSettings.user_agent
+    allow_private: bool = FetchSettings.allow_private
+    respect_opt_out: bool = FetchSettings.respect_opt_out
     url_rewrites: dict[str, str] = {}
-    per_host_rps: float = 10.0  # request starts per second to one host; 0 = unlimited
+    per_host_rps: float = FetchSettings.per_host_rps  # request starts per second to one host; 0 = unlimited
     unthrottled_hosts: list[str] = []  # hosts you operate (mirrors): no per-host rate limit
-    dns_timeout: float = 5.0
-    max_retry_after: float = 10.0
-    backoff_base: float = 0.5
+    dns_timeout: float = FetchSettings.dns_timeout
+    max_retry_after: float = FetchSettings.max_retry_after
+    backoff_base: float = FetchSettings.backoff_base
     # X-Robots-Tag directives scoped to these bots ("img2dataset: noai") apply to us too,
     # besides those scoped to our user-agent token and unscoped ones.
-    opt_out_tokens: list[str] = ["img2dataset"]
+    opt_out_tokens: list[str] = list(FetchSettings.opt_out_tokens)
     # Start the bundled sample's image server on 127.0.0.1 for the run (sample profile only).
     serve_sample_images: bool = False
     _server: Any = PrivateAttr(default=None)
@@ -337,6 +339,22 @@ def sample_resources(storage_root: str, *, shards_root: str | None = None,
     }
 
 
+def env_or(name: str, default: Any, *, as_int: bool = False, if_empty: Any = None) -> Any:
+    """An optional setting from the environment: ``dg.EnvVar(name)`` when the variable is set at
+    load (then its value is read when a run starts and never shown in the UI), ``if_empty`` when
+    it is set to "", else ``default``.
+
+    Only whether the variable exists is looked at here, never its value: an unset optional
+    variable keeps the field's default instead of failing every run (a bare ``EnvVar`` requires
+    the variable at run time), as ``s3_resource_from_env`` does for the S3 settings.
+    """
+    if name not in os.environ:
+        return default
+    if not os.environ[name]:
+        return if_empty
+    return dg.EnvVar.int(name) if as_int else dg.EnvVar(name)
+
+
 def _env_list(name: str) -> list[str]:
     return [p.strip() for p in os.environ.get(name, "").split(",") if p.strip()]
 
@@ -377,22 +395,26 @@ def common_crawl_from_env() -> CommonCrawlConfig | None:
 def production_resources() -> dict[str, Any]:
     """Everything from the environment; see README "Point it at real data" and "Production deployment"."""
     s3 = s3_resource_from_env()
+    fetcher, clip = ImageFetcher.model_fields, ClipModel.model_fields
     return {
         "storage": StorageResource(root=dg.EnvVar("MMC4_STORAGE_ROOT"), **s3_fields(s3)),
         "source": ShardSource(shards_root=dg.EnvVar("MMC4_SHARDS_ROOT"),
                               page_archives=_env_list("MMC4_PAGE_ARCHIVES"),
                               common_crawl=common_crawl_from_env(), **s3_fields(s3)),
-        "fetcher": ImageFetcher(user_agent=os.environ.get("MMC4_USER_AGENT", ImageFetcher.model_fields["user_agent"].default)),
+        "fetcher": ImageFetcher(user_agent=env_or("MMC4_USER_AGENT", fetcher["user_agent"].default,
+                                                  if_empty=fetcher["user_agent"].default)),
         "quality": DataQuality(),
         "dask": dask_engine_from_env(),
         "classifiers": FeatureClassifiers(
-            nsfw_weights=os.environ.get("MMC4_NSFW_WEIGHTS") or None,
-            face_weights=os.environ.get("MMC4_FACE_WEIGHTS") or None,
-            feature_model=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
+            nsfw_weights=env_or("MMC4_NSFW_WEIGHTS", None),
+            face_weights=env_or("MMC4_FACE_WEIGHTS", None),
+            # the weights were trained on the model the features come from
+            feature_model=env_or("MMC4_CLIP_MODEL", clip["model_name"].default),
         ),
-        "clip": ClipModel(model_name=os.environ.get("MMC4_CLIP_MODEL", "ViT-L-14"),
-                          pretrained=os.environ.get("MMC4_CLIP_PRETRAINED", "openai") or None,
-                          device=os.environ.get("MMC4_CLIP_DEVICE", "auto")),
+        "clip": ClipModel(model_name=env_or("MMC4_CLIP_MODEL", clip["model_name"].default,
+                                            if_empty=clip["model_name"].default),
+                          pretrained=env_or("MMC4_CLIP_PRETRAINED", clip["pretrained"].default),  # "": random
+                          device=env_or("MMC4_CLIP_DEVICE", clip["device"].default, if_empty=clip["device"].default)),
     }
 
 

@@ -27,7 +27,7 @@ def shard_pages(context: dg.AssetExecutionContext, source: ShardSource, storage:
     keys = list(context.partition_keys)    # a backfill of N shards is one run: one join
     store = storage.store()
     archive_keys = joined_archives(context.instance)
-    tables = [Location(store.uri("tables", PAGE_RECORDS_TABLE, f"{k}.parquet"), store.storage_options)
+    tables = [Location(str(store.table_path(PAGE_RECORDS_TABLE, k)), store.storage_options)
               for k in archive_keys]
     shard_files = {k: Location(str(source.shard_path(k)), source.options_for(source.shards_root)) for k in keys}
     cc = None

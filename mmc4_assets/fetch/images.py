@@ -24,8 +24,8 @@ import hashlib
 import io
 import math
 import warnings
-from struct import error as struct_error  # Pillow's parsers raise it on short headers
 from dataclasses import dataclass
+from struct import error as struct_error  # Pillow's parsers raise it on short headers
 
 import cv2
 import numpy as np
@@ -34,6 +34,7 @@ import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mmc4_assets.fetch.sniff import DECODED_FORMATS, SNIFF_BYTES, sniff_image_format
+from mmc4_assets.mmc4_params import ImageLimits  # noqa: F401  (re-exported: the fetch step's settings)
 
 cv2.setNumThreads(1)  # one image per worker thread; OpenCV's pool would oversubscribe the cores
 
@@ -44,15 +45,6 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 UNDECODABLE = "undecodable"
 TOO_SMALL = "too_small"
 BAD_ASPECT = "bad_aspect"
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    min_side: int = 150          # MMC4: drop width or height < 150 px
-    max_aspect: float = 2.0      # MMC4: drop aspect ratio > 2 or < 0.5
-    max_side: int = 800          # MMC4: resize so the longer side <= 800
-    max_pixels: int = 40_000_000  # above this the header is a decompression bomb, never decode
-    jpeg_quality: int = 90
 
 
 @dataclass(frozen=True)

@@ -68,11 +68,18 @@ def pages_from_rows(rows: Iterable[dict]) -> dict[str, PageRecord]:
 
 def write_page_records(store, archive: str, stream: BinaryIO, source_name: str,
                        stats: StepStats | None = None) -> tuple[StepStats, ArchiveProgress, int]:
-    """Stream one archive once into ``page_records/{archive}.parquet``; (stats, progress, rows)."""
+    """Stream one archive once into ``page_records/{archive}.parquet``; (stats, progress, rows).
+
+    The table carries how the read went (records, kept, dropped, the error that ended it) in its
+    metadata (``read_table_params``): the completeness check reads it there.
+    """
     stats = stats if stats is not None else StepStats()
     progress = ArchiveProgress()
-    with store.table_writer(PAGE_RECORDS_TABLE, archive, PAGE_RECORDS_SCHEMA) as out:
+    with store.table_writer(PAGE_RECORDS_TABLE, archive, PAGE_RECORDS_SCHEMA, {}) as out:
         for row in archive_page_rows(stream, archive, source_name, stats, progress):
             out.append(row)
         rows = out.rows + len(out._buffer)
+        out.params.update(archive=source_name, num_records=progress.records, records_kept=stats.kept,
+                          records_dropped=stats.total_dropped, archive_error=progress.error or "",
+                          archive_error_offset=progress.error_offset)
     return stats, progress, rows

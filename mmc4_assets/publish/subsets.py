@@ -7,37 +7,19 @@ document with ``image_info`` and ``similarity_matrix`` rows kept in step, or Non
 - ff ("fewer faces"): images the face classifier flags are removed (``scope="image"``),
   or documents holding any such image are (``scope="document"``); a document left with
   no image is dropped.
-- core: 4-40 sentences, then in-document pHash dedup at the stricter threshold 10, then
-  2-15 images, then at least 75 % of the images with matched_sim > 0.25.
+- core: ``CoreRules`` (mmc4_params.py): 4-40 sentences, then in-document pHash dedup at the
+  stricter threshold 10, then 2-15 images, then at least 75 % of the images with matched_sim > 0.25.
 - core-ff: the core rules applied to the ff document.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from mmc4_assets.dedup.phash import dedup_in_document
+from mmc4_assets.mmc4_params import CORE, CORE_FF, FF, FULL, SUBSETS, CoreRules  # noqa: F401 (re-exported)
 from mmc4_assets.publish.mmc4_format import shard_number
 from mmc4_assets.stats import StepStats
 
-FULL = "full"
-FF, CORE, CORE_FF = "mmc4-ff", "mmc4-core", "mmc4-core-ff"
-SUBSETS = (FF, CORE, CORE_FF)
 NEEDS_FACES = (FF, CORE_FF)
-
-
-@dataclass(frozen=True)
-class CoreRules:
-    min_sentences: int = 4
-    max_sentences: int = 40
-    min_images: int = 2
-    max_images: int = 15
-    phash_threshold: int = 10   # stricter than the full set's 5
-    min_sim: float = 0.25       # an image is well matched when matched_sim > min_sim
-    min_fraction: float = 0.75  # ... and at least this share of the images must be
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def keep_images(doc: dict, keep: list[int]) -> dict:

@@ -6,7 +6,8 @@ import re
 from statistics import fmean
 from typing import Any
 
-STAGES = ("raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs", "published_shards")
+from mmc4_assets.mmc4_params import STAGES
+
 _DROP_KEY = re.compile(r"^(docs|images|image_urls)_dropped_(.+)$")
 _IMAGE_COUNT_KEYS = ("num_images", "num_ok", "num_candidate_images")
 

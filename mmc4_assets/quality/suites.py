@@ -14,21 +14,26 @@ import numpy as np
 import polars as pl
 
 from mmc4_assets.dedup.phash import hamming
+from mmc4_assets.mmc4_params import AssignSettings, DedupSettings, ImageLimits
 from mmc4_assets.publish.mmc4_format import schema_errors
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Data-quality bounds; configuration (``QualityConfig`` in the Dagster layer), not literals."""
+    """Data-quality bounds (``DataQuality`` in the Dagster layer) and the parameters the asset ran with.
+
+    The MMC4 parameters default to mmc4_params.py; a check replaces them with the ones stored
+    beside the asset's output (``ShardStore.read_table_params``).
+    """
 
     max_url_filter_drop_share: float = 0.95
     min_fetch_success_rate: float = 0.5
-    min_side: int = 150
-    max_aspect: float = 2.0
-    max_side: int = 800
-    min_similarity: float = 0.15
+    min_side: int = ImageLimits.min_side
+    max_aspect: float = ImageLimits.max_aspect
+    max_side: int = ImageLimits.max_side
+    min_similarity: float = AssignSettings.min_similarity
     norm_tolerance: float = 1e-3
-    phash_threshold: int = 5
+    phash_threshold: int = DedupSettings.phash_threshold
     # drift (warn-level): a partition this far below the trailing mean of earlier ones
     max_success_rate_drop: float = 0.15
     trailing_partitions: int = 20

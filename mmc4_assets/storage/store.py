@@ -2,7 +2,8 @@
 
 Layout under the root::
 
-    tables/{table}/{shard}.parquet     one file per asset and shard
+    tables/{table}/{shard}.parquet     one file per asset and shard; the parameters the asset
+                                       ran with in its key-value metadata (``read_table_params``)
     images/{sha[:2]}/{sha}.jpg         fetched images, content-addressed
     published/...                      MMC4 jsonl.zip shards and manifests
 
@@ -25,6 +26,7 @@ rule (AbortIncompleteMultipartUpload) removes those.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -41,6 +43,7 @@ from upath import UPath
 _LOCAL_PROTOCOLS = ("", "file", "local")
 TMP_PREFIX = ".tmp-"
 DEFAULT_TEMP_MAX_AGE = 24 * 3600.0
+PARAMS_KEY = b"mmc4_params"   # parquet key-value metadata: the parameters a table was made with
 log = logging.getLogger(__name__)
 
 
@@ -135,17 +138,27 @@ class ShardStore:
 
     # -- tables ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def table_writer(self, table: str, shard: str, schema: dict) -> Iterator[TableWriter]:
+    def table_writer(self, table: str, shard: str, schema: dict,
+                     params: dict[str, Any] | None = None) -> Iterator[TableWriter]:
+        """Write a table; ``params`` (JSON-able; ``writer.params`` may grow until the block ends)
+        travel in its parquet key-value metadata, see read_table_params."""
         with self.open_atomic(self.table_path(table, shard)) as fh:
-            writer = TableWriter(fh, schema)
+            writer = TableWriter(fh, schema, params=params)
             try:
                 yield writer
             finally:
                 writer.close()
 
-    def write_table(self, table: str, shard: str, frame: pl.DataFrame) -> None:
-        with self.table_writer(table, shard, dict(frame.schema)) as out:
+    def write_table(self, table: str, shard: str, frame: pl.DataFrame,
+                    params: dict[str, Any] | None = None) -> None:
+        with self.table_writer(table, shard, dict(frame.schema), params) as out:
             out.write(frame)
+
+    def read_table_params(self, table: str, shard: str) -> dict[str, Any]:
+        """The parameters the table was written with ({} for a table written without any)."""
+        with self.table_path(table, shard).open("rb") as fh:
+            raw = (pq.ParquetFile(fh).metadata.metadata or {}).get(PARAMS_KEY)
+        return json.loads(raw) if raw else {}
 
     def has_table(self, table: str, shard: str) -> bool:
         return self.table_path(table, shard).exists()
@@ -202,10 +215,11 @@ def sweep_temp_files(folder: str | os.PathLike, older_than: float, now: float | 
 class TableWriter:
     """Appends rows or polars frames as parquet row groups with one fixed schema."""
 
-    def __init__(self, fh: Any, schema: dict, buffer_rows: int = 4096):
+    def __init__(self, fh: Any, schema: dict, buffer_rows: int = 4096, params: dict[str, Any] | None = None):
         self._schema = pl.Schema(schema)
         self._writer = pq.ParquetWriter(fh, pl.DataFrame(schema=self._schema).to_arrow().schema,
                                         compression="zstd")
+        self.params = dict(params) if params is not None else None   # written at close
         self._buffer: list[dict] = []
         self._buffer_rows = buffer_rows
         self.rows = 0
@@ -236,4 +250,6 @@ class TableWriter:
 
     def close(self) -> None:
         self._flush()
+        if self.params is not None:
+            self._writer.add_key_value_metadata({PARAMS_KEY: json.dumps(self.params, sort_keys=True)})
         self._writer.close()
