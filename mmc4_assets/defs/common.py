@@ -23,10 +23,12 @@ SIGNALS_GROUP = "shard_signals"
 CORPUS_GROUP = "corpus"
 
 
-def shard_check(*, asset: Any, blocking: bool, **kwargs: Any) -> Callable[[Callable], dg.AssetChecksDefinition]:
-    """``@dg.asset_check`` for a per-shard asset: the check is partitioned like its asset, so each
-    result is recorded against its shard (the UI's check history and partition view show it), and
-    every result carries the shard in its metadata (``partition``) as well.
+def shard_check(*, asset: Any, blocking: bool, partitions_def: dg.PartitionsDefinition | None = None,
+                **kwargs: Any) -> Callable[[Callable], dg.AssetChecksDefinition]:
+    """``@dg.asset_check`` for a partitioned asset (shards by default; archives for page_records):
+    the check is partitioned like its asset, so each result is recorded against its partition
+    (the UI's check history and partition view show it), and every result carries the partition
+    key in its metadata (``partition``) as well.
 
     Partitioned asset checks are a preview feature in Dagster 1.13; the warning is silenced in
     defs/partitions.py (docs/data-quality.md says what was checked).
@@ -45,7 +47,8 @@ def shard_check(*, asset: Any, blocking: bool, **kwargs: Any) -> Callable[[Calla
                 result = result.with_metadata({**result.metadata, "partition": context.partition_key})
             return result
 
-        return dg.asset_check(asset=asset, blocking=blocking, partitions_def=shards, **kwargs)(with_partition)
+        return dg.asset_check(asset=asset, blocking=blocking, partitions_def=partitions_def or shards,
+                              **kwargs)(with_partition)
 
     return decorate
 

@@ -3,7 +3,7 @@ import gzip
 import dagster as dg
 import polars as pl
 
-from mmc4_assets.defs.common import config_hash, stats_metadata
+from mmc4_assets.defs.common import config_hash, shard_check, stats_metadata
 from mmc4_assets.defs.partitions import ARCHIVE_BACKFILL, archives
 from mmc4_assets.defs.resources import ShardSource, StorageResource
 from mmc4_assets.pages.archives import ARCHIVE_ERROR, ArchiveReadError
@@ -79,7 +79,7 @@ def page_records_outcome(table: pl.DataFrame, md: dict) -> tuple[bool, str, dict
     return False, "; ".join(words), failures
 
 
-@dg.asset_check(asset=page_records, blocking=True)
+@shard_check(asset=page_records, blocking=True, partitions_def=archives)
 def page_records_complete(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     """Every record of the archive is a page row or a counted reason, and the archive was read to its end."""
     store = storage.store()

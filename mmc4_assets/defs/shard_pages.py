@@ -81,6 +81,8 @@ def shard_pages_failures(table: pl.DataFrame, shard: str) -> dict[str, int]:
     }
 
 
+# not partitioned: one join run covers a range of shards, and this check covers all of them
+# (the failing shards are named in its description)
 @dg.asset_check(asset=shard_pages, blocking=True)
 def shard_pages_one_capture_per_url(context: dg.AssetCheckExecutionContext,
                                     storage: StorageResource) -> dg.AssetCheckResult:
