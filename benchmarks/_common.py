@@ -76,7 +76,7 @@ def matmul_peak(dtype=None, sizes=(2048, 3072), repeats: int = 4) -> float:
                 run()
                 if device == "cuda":
                     torch.cuda.synchronize()
-                best = max(best, 2 * n ** 3 / (time.perf_counter() - started))
+                best = max(best, 2 * n**3 / (time.perf_counter() - started))
     return best
 
 
@@ -100,7 +100,7 @@ def matmul_sustained(seconds: float = 3.0, n: int = 2048) -> float:
             calls += 1
         if device == "cuda":
             torch.cuda.synchronize()
-        best = max(best, calls * 2 * n ** 3 / (time.perf_counter() - started))
+        best = max(best, calls * 2 * n**3 / (time.perf_counter() - started))
     return best
 
 
@@ -112,6 +112,7 @@ def doc_shapes(rng: np.random.Generator, n_docs: int) -> tuple[np.ndarray, np.nd
 
 
 # -- synthetic content -------------------------------------------------------------------
+
 
 def render_photo(seed: int, width: int, height: int):
     """A smooth random colour field plus grain: compresses like a photo, not like noise."""
@@ -146,12 +147,42 @@ def jpeg_corpus(directory: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-_SYLLABLES = ["ka", "ro", "mi", "ten", "sal", "ver", "do", "lin", "pa", "gre", "an", "us", "chi", "mor",
-              "the", "and", "for", "with", "ing", "tion", "er", "st", "pl", "ow", "ee", "ph", "qu", "ai"]
+_SYLLABLES = [
+    "ka",
+    "ro",
+    "mi",
+    "ten",
+    "sal",
+    "ver",
+    "do",
+    "lin",
+    "pa",
+    "gre",
+    "an",
+    "us",
+    "chi",
+    "mor",
+    "the",
+    "and",
+    "for",
+    "with",
+    "ing",
+    "tion",
+    "er",
+    "st",
+    "pl",
+    "ow",
+    "ee",
+    "ph",
+    "qu",
+    "ai",
+]
 
 
 class SentenceMaker:
-    """Sentences of random pseudo-words, 3-60 words (median ~12, ~28 CLIP tokens on average); some from a recurring boilerplate pool."""
+    """Sentences of random pseudo-words, 3-60 words (median ~12, ~28 CLIP tokens on average); some from a recurring
+    boilerplate pool.
+    """
 
     def __init__(self, seed: int = 0, vocab: int = 20000, boilerplate: int = 300, boiler_rate: float = 0.1):
         rng = np.random.default_rng(seed)
@@ -172,8 +203,9 @@ class SentenceMaker:
         return self._fresh()
 
 
-def build_scoring_shard(store, shard: str, n_docs: int, images: list[Path], *, seed: int = 0,
-                        failed_rate: float = 0.2) -> dict:
+def build_scoring_shard(
+    store, shard: str, n_docs: int, images: list[Path], *, seed: int = 0, failed_rate: float = 0.2
+) -> dict:
     """raw_c4 + fetched_images tables and stored blobs for a clip_scores run; returns counts.
 
     Images are used in order, each once (wrapping around only if ``images`` runs out), and
@@ -193,22 +225,48 @@ def build_scoring_shard(store, shard: str, n_docs: int, images: list[Path], *, s
     raw, fetched, used = [], [], 0
     for d in range(n_docs):
         doc_id = f"{shard}:{d}"
-        raw.append({"doc_id": doc_id, "url": f"https://site{d % 997}.example/page/{d}",
-                    "text_list": [maker.sentence() for _ in range(int(n_sent[d]))]})
+        raw.append(
+            {
+                "doc_id": doc_id,
+                "url": f"https://site{d % 997}.example/page/{d}",
+                "text_list": [maker.sentence() for _ in range(int(n_sent[d]))],
+            }
+        )
         for i in range(int(n_img[d])):
             ok = rng.random() >= failed_rate
             name = names[used % len(names)] if ok else None
             used += ok
-            fetched.append({"doc_id": doc_id, "image_index": i, "raw_url": f"https://img.example/{d}/{i}.jpg",
-                            "status": "ok" if ok else "http_404", "image_name": name,
-                            "phash": f"{rng.integers(0, 2**63):016x}" if ok else None})
-    store.write_table("raw_c4", shard, pl.DataFrame(raw, schema={
-        "doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String)}))
-    store.write_table("fetched_images", shard, pl.DataFrame(fetched, schema={
-        "doc_id": pl.String, "image_index": pl.Int32, "raw_url": pl.String, "status": pl.String,
-        "image_name": pl.String, "phash": pl.String}))
-    return {"docs": n_docs, "ok_images": used, "distinct_images": min(used, len(names)),
-            "sentences": int(n_sent.sum())}
+            fetched.append(
+                {
+                    "doc_id": doc_id,
+                    "image_index": i,
+                    "raw_url": f"https://img.example/{d}/{i}.jpg",
+                    "status": "ok" if ok else "http_404",
+                    "image_name": name,
+                    "phash": f"{rng.integers(0, 2**63):016x}" if ok else None,
+                }
+            )
+    store.write_table(
+        "raw_c4",
+        shard,
+        pl.DataFrame(raw, schema={"doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String)}),
+    )
+    store.write_table(
+        "fetched_images",
+        shard,
+        pl.DataFrame(
+            fetched,
+            schema={
+                "doc_id": pl.String,
+                "image_index": pl.Int32,
+                "raw_url": pl.String,
+                "status": pl.String,
+                "image_name": pl.String,
+                "phash": pl.String,
+            },
+        ),
+    )
+    return {"docs": n_docs, "ok_images": used, "distinct_images": min(used, len(names)), "sentences": int(n_sent.sum())}
 
 
 def print_json(label: str, payload: dict) -> None:

@@ -35,21 +35,55 @@ from mmc4_assets.publish.mmc4_format import make_document, shard_filename
 from mmc4_assets.publish.shards import iter_shard_lines, write_shard
 from mmc4_assets.storage import ShardStore
 
-WORDS = ("bread flour water salt starter dough oven crust crumb loaf knead proof bake rise fold shape "
-         "score steam butter sugar egg lemon garden travel city river mountain camera light colour").split()
+WORDS = [
+    "bread",
+    "flour",
+    "water",
+    "salt",
+    "starter",
+    "dough",
+    "oven",
+    "crust",
+    "crumb",
+    "loaf",
+    "knead",
+    "proof",
+    "bake",
+    "rise",
+    "fold",
+    "shape",
+    "score",
+    "steam",
+    "butter",
+    "sugar",
+    "egg",
+    "lemon",
+    "garden",
+    "travel",
+    "city",
+    "river",
+    "mountain",
+    "camera",
+    "light",
+    "colour",
+]  # noqa: E501
 
 
 def synthetic_doc(rng: random.Random, shard: int, i: int) -> dict:
-    texts = [" ".join(rng.choices(WORDS, k=rng.randint(8, 20))).capitalize() + "."
-             for _ in range(rng.randint(4, 14))]
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(8, 20))).capitalize() + "." for _ in range(rng.randint(4, 14))]
     n_images = rng.randint(1, 6)
     matrix = [[round(rng.uniform(0.05, 0.35), 4) for _ in texts] for _ in range(n_images)]
     images = []
     for j, row in enumerate(matrix):
         best = max(range(len(texts)), key=row.__getitem__)
-        images.append({"image_name": f"{rng.getrandbits(128):032x}.jpg",
-                       "raw_url": f"https://img{shard}.test/{i}/{j}.jpg",
-                       "matched_text_index": best, "matched_sim": row[best]})
+        images.append(
+            {
+                "image_name": f"{rng.getrandbits(128):032x}.jpg",
+                "raw_url": f"https://img{shard}.test/{i}/{j}.jpg",
+                "matched_text_index": best,
+                "matched_sim": row[best],
+            }
+        )
     return make_document(f"https://site{shard}.test/page/{i}", texts, images, matrix, 0)
 
 
@@ -63,9 +97,12 @@ def build_corpus(store: ShardStore, shards: int, docs: int) -> float:
     started = time.perf_counter()
     for n in range(shards):
         rng = random.Random(n)
-        write_shard(store, shard_filename(f"c4-train.{n:05d}-of-01024"),
-                    (synthetic_doc(rng, n, i) for i in range(docs)),
-                    {"source_shard": f"c4-train.{n:05d}-of-01024", "model": "synthetic"})
+        write_shard(
+            store,
+            shard_filename(f"c4-train.{n:05d}-of-01024"),
+            (synthetic_doc(rng, n, i) for i in range(docs)),
+            {"source_shard": f"c4-train.{n:05d}-of-01024", "model": "synthetic"},
+        )
     return time.perf_counter() - started
 
 
@@ -117,8 +154,10 @@ def main() -> int:
     built = build_corpus(store, args.shards, args.docs)
     total = args.shards * args.docs
     zips = sum(p.stat().st_size for p in (root / "storage" / "published").glob("*.zip"))
-    print(f"corpus: {args.shards} shards x {args.docs} docs = {total} docs, {zips / 1e6:.1f} MB of zips "
-          f"({'built in %.1fs' % built if built else 'reused'}) under {root}")
+    print(
+        f"corpus: {args.shards} shards x {args.docs} docs = {total} docs, {zips / 1e6:.1f} MB of zips "
+        f"({f'built in {built:.1f}s' if built else 'reused'}) under {root}"
+    )
 
     started = time.perf_counter()
     snap = Catalog(store).refresh()
@@ -133,9 +172,23 @@ def main() -> int:
     shutil.rmtree(cache, ignore_errors=True)
     port = free_port()
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "mmc4_assets.api", "--storage-root", str(store.root),
-                             "--tokens-file", str(tokens), "--cache-dir", str(cache), "--port", str(port),
-                             "--log-level", "warning"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmc4_assets.api",
+            "--storage-root",
+            str(store.root),
+            "--tokens-file",
+            str(tokens),
+            "--cache-dir",
+            str(cache),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         while True:
@@ -160,8 +213,10 @@ def main() -> int:
             end_offsets = [rng.randrange(total - 100 - window, total - 100) for _ in range(args.requests)]
             cold_start = latencies(client, start_offsets[:20])  # first touches build sidecars
             cold_end = latencies(client, end_offsets[:20])
-            print(f"first pages touching cold shards (sidecar builds):  max near start {max(cold_start):.1f} ms, "
-                  f"max near end {max(cold_end):.1f} ms")
+            print(
+                f"first pages touching cold shards (sidecar builds):  max near start {max(cold_start):.1f} ms, "
+                f"max near end {max(cold_end):.1f} ms"
+            )
             latencies(client, start_offsets + end_offsets)  # warm every shard both windows touch
             print(f"limit=100 pages, warm (offsets in [0, {window}) and [{total - 100 - window}, {total - 100})):")
             both = latencies(client, [o for pair in zip(start_offsets, end_offsets) for o in pair])  # same noise
@@ -175,14 +230,15 @@ def main() -> int:
                 time.sleep(0.2)
             r.raise_for_status()
             filtered_total = r.json()["total"]
-            print(f"first filtered answer (min_images=4, min_matched_sim=0.3: {filtered_total} docs), after every "
-                  f"remaining sidecar was built: {(time.perf_counter() - started) * 1000:.0f} ms "
-                  f"({answers_503} 503 answers meanwhile)")
+            print(
+                f"first filtered answer (min_images=4, min_matched_sim=0.3: {filtered_total} docs), after every "
+                f"remaining sidecar was built: {(time.perf_counter() - started) * 1000:.0f} ms "
+                f"({answers_503} 503 answers meanwhile)"
+            )
             span = max(1, filtered_total - 100)
             fstart = [rng.randrange(0, min(window, span)) for _ in range(args.requests)]
             fend = [rng.randrange(max(0, span - window), span) for _ in range(args.requests)]
-            both = latencies(client, [o for pair in zip(fstart, fend) for o in pair], min_images=4,
-                             min_matched_sim=0.3)
+            both = latencies(client, [o for pair in zip(fstart, fend) for o in pair], min_images=4, min_matched_sim=0.3)
             report("filtered, near the start", both[0::2])
             report("filtered, near the end", both[1::2])
             ids = [f"{rng.randrange(args.shards)}-{rng.randrange(args.docs)}" for _ in range(args.requests)]
@@ -220,8 +276,10 @@ def main() -> int:
     for i, _ in enumerate(iter_shard_lines(store, last.shard_file)):
         if i >= last.num_docs - 1:
             break
-    print(f"for comparison, inflating shard {last.key}'s zip up to its last line (no sidecar): "
-          f"{(time.perf_counter() - started) * 1000:.1f} ms per page at the end of a shard")
+    print(
+        f"for comparison, inflating shard {last.key}'s zip up to its last line (no sidecar): "
+        f"{(time.perf_counter() - started) * 1000:.1f} ms per page at the end of a shard"
+    )
     return 0
 
 

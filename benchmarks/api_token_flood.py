@@ -44,11 +44,21 @@ def build_corpus(root: Path, shards: int = 2, docs: int = 50) -> None:
         rows = []
         for i in range(docs):
             texts = [f"Shard {s} doc {i} sentence {k}." for k in range(3)]
-            images = [{"image_name": f"{s:02d}{i:04d}.jpg", "raw_url": f"https://img.test/{s}/{i}.jpg",
-                       "matched_text_index": 0, "matched_sim": 0.3}]
+            images = [
+                {
+                    "image_name": f"{s:02d}{i:04d}.jpg",
+                    "raw_url": f"https://img.test/{s}/{i}.jpg",
+                    "matched_text_index": 0,
+                    "matched_sim": 0.3,
+                }
+            ]
             rows.append(make_document(f"https://site.test/{s}/{i}", texts, images, [[0.3, 0.1, 0.1]], 0))
-        write_shard(store, shard_filename(f"c4-train.{s:05d}-of-01024", "v2"), iter(rows),
-                    {"source_shard": f"c4-train.{s:05d}-of-01024", "model": "bench"})
+        write_shard(
+            store,
+            shard_filename(f"c4-train.{s:05d}-of-01024", "v2"),
+            iter(rows),
+            {"source_shard": f"c4-train.{s:05d}-of-01024", "model": "bench"},
+        )
 
 
 def free_port() -> int:
@@ -67,8 +77,7 @@ def pct(values: list[float], q: float) -> float:
 async def valid_latencies(base: str, n: int | None, stop: asyncio.Event | None, cap: float) -> list[float]:
     out: list[float] = []
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base, timeout=cap,
-                                 headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=cap, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         while (n is None or len(out) < n) and time.perf_counter() - started < cap:
             if stop is not None and stop.is_set() and len(out) >= 20:
                 break
@@ -81,23 +90,27 @@ async def valid_latencies(base: str, n: int | None, stop: asyncio.Event | None, 
 
 
 async def flood(base: str, bad: int, sources: int, cap: float) -> tuple[Counter, float, list[float]]:
-    clients = [httpx.AsyncClient(base_url=base, timeout=cap,
-                                 transport=httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}"))
-               for i in range(sources)]
+    clients = [
+        httpx.AsyncClient(
+            base_url=base, timeout=cap, transport=httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}")
+        )
+        for i in range(sources)
+    ]
     codes: Counter = Counter()
     done = asyncio.Event()
 
     async def one(i: int) -> None:
         try:
-            r = await clients[i % sources].get("/datasets/mmc4",
-                                               headers={"Authorization": f"Bearer made-up-{i}-{os.urandom(4).hex()}"})
+            r = await clients[i % sources].get(
+                "/datasets/mmc4", headers={"Authorization": f"Bearer made-up-{i}-{os.urandom(4).hex()}"}
+            )
             codes[r.status_code] += 1
         except httpx.HTTPError as exc:
             codes[type(exc).__name__] += 1
 
     started = time.perf_counter()
     tasks = [asyncio.create_task(one(i)) for i in range(bad)]
-    await asyncio.sleep(0.2)   # the flood is in flight before the first valid request
+    await asyncio.sleep(0.2)  # the flood is in flight before the first valid request
     sampler = asyncio.create_task(valid_latencies(base, None, done, cap))
     await asyncio.gather(*tasks)
     drained = time.perf_counter() - started
@@ -116,8 +129,13 @@ def loadavg() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bad", type=int, default=50, help="made-up-token requests in flight")
-    parser.add_argument("--sources", type=int, nargs="+", default=[1, 50],
-                        help="loopback source addresses the bad requests come from (one run each)")
+    parser.add_argument(
+        "--sources",
+        type=int,
+        nargs="+",
+        default=[1, 50],
+        help="loopback source addresses the bad requests come from (one run each)",
+    )
     parser.add_argument("--baseline", type=int, default=50, help="valid requests measured alone")
     parser.add_argument("--cap", type=float, default=90.0, help="seconds a flood phase may take")
     args = parser.parse_args()
@@ -130,14 +148,29 @@ def main() -> None:
         root, tokens = Path(tmp) / "root", Path(tmp) / "tokens.json"
         build_corpus(root)
         t = time.perf_counter()
-        tokens.write_text(json.dumps({"bench": hash_token(TOKEN)}))   # 600k iterations, as in production
+        tokens.write_text(json.dumps({"bench": hash_token(TOKEN)}))  # 600k iterations, as in production
         print(f"one PBKDF2 derivation (600k iterations): {time.perf_counter() - t:.3f} s")
         for sources in args.sources:
             port = free_port()
-            server = subprocess.Popen([sys.executable, "-m", "mmc4_assets.api", "--storage-root", str(root),
-                                       "--tokens-file", str(tokens), "--port", str(port),
-                                       "--cache-dir", str(Path(tmp) / f"cache{sources}"), "--log-level", "warning"],
-                                      cwd=tmp, start_new_session=True)   # cwd: not this checkout
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mmc4_assets.api",
+                    "--storage-root",
+                    str(root),
+                    "--tokens-file",
+                    str(tokens),
+                    "--port",
+                    str(port),
+                    "--cache-dir",
+                    str(Path(tmp) / f"cache{sources}"),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=tmp,
+                start_new_session=True,
+            )  # cwd: not this checkout
             base = f"http://127.0.0.1:{port}"
             try:
                 deadline = time.monotonic() + 60
@@ -155,10 +188,14 @@ def main() -> None:
                 server.terminate()
                 server.wait(10)
             print(f"\n{args.bad} bad-token requests from {sources} source address(es):")
-            print(f"  valid alone:        n={len(alone):3d}  p50 {pct(alone, .5):8.1f} ms  p99 {pct(alone, .99):8.1f} ms")
-            print(f"  valid during flood: n={len(during):3d}  p50 {pct(during, .5):8.1f} ms  "
-                  f"p99 {pct(during, .99):8.1f} ms  max {max(during, default=float('nan')):8.1f} ms  "
-                  f"mean {statistics.fmean(during) if during else float('nan'):8.1f} ms")
+            print(
+                f"  valid alone:        n={len(alone):3d}  p50 {pct(alone, 0.5):8.1f} ms  p99 {pct(alone, 0.99):8.1f} ms"  # noqa: E501
+            )
+            print(
+                f"  valid during flood: n={len(during):3d}  p50 {pct(during, 0.5):8.1f} ms  "
+                f"p99 {pct(during, 0.99):8.1f} ms  max {max(during, default=float('nan')):8.1f} ms  "
+                f"mean {statistics.fmean(during) if during else float('nan'):8.1f} ms"
+            )
             print(f"  bad requests answered: {dict(sorted(codes.items(), key=str))}; flood drained in {drained:.2f} s")
     print(f"\nload average after: {loadavg()}")
 

@@ -41,7 +41,6 @@ import pyarrow as pa  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import doc_shapes, load_average, print_json  # noqa: E402
-
 from mmc4_assets.assign.batch import assign_flat  # noqa: E402
 from mmc4_assets.assign.shard import ASSIGNMENTS_SCHEMA, assign_document, assign_frame  # noqa: E402
 from mmc4_assets.clip.shard import CLIP_SCORES_SCHEMA  # noqa: E402
@@ -59,7 +58,7 @@ def similarities(rng: np.random.Generator, n: np.ndarray, m: np.ndarray, indepen
         if independent:
             chunks.append(rng.normal(0.2, 0.05, ni * mi))
         else:
-            topical = rng.normal(0.0, 0.04, mi)   # shared by the document's images
+            topical = rng.normal(0.0, 0.04, mi)  # shared by the document's images
             chunks.append((0.19 + topical[None, :] + rng.normal(0.0, 0.03, (ni, mi))).ravel())
     return np.concatenate(chunks).astype(np.float32)
 
@@ -72,18 +71,25 @@ def clip_scores_frame(start: int, n: np.ndarray, m: np.ndarray, values: np.ndarr
     sentences = pa.array([f"Sentence number {j} of the batch." for j in range(int(sent_offsets[-1]))])
     img_offsets = np.r_[0, np.cumsum(n)]
     total = int(img_offsets[-1])
-    images = pa.StructArray.from_arrays([
-        pa.array(np.concatenate([np.arange(k) for k in n]).astype(np.int32)),
-        pa.array([f"{i:064x}.jpg" for i in range(total)]),
-        pa.array([f"https://img.example/{i}.jpg" for i in range(total)]),
-        pa.array([f"{i * 2654435761 % 2**64:016x}" for i in range(total)])],
-        names=["image_index", "image_name", "raw_url", "phash"])
+    images = pa.StructArray.from_arrays(
+        [
+            pa.array(np.concatenate([np.arange(k) for k in n]).astype(np.int32)),
+            pa.array([f"{i:064x}.jpg" for i in range(total)]),
+            pa.array([f"https://img.example/{i}.jpg" for i in range(total)]),
+            pa.array([f"{i * 2654435761 % 2**64:016x}" for i in range(total)]),
+        ],
+        names=["image_index", "image_name", "raw_url", "phash"],
+    )
     rows = pa.LargeListArray.from_arrays(pa.array(np.r_[0, np.cumsum(np.repeat(m, n))]), pa.array(values))
-    table = pa.table({
-        "doc_id": pa.array(ids), "url": pa.array([f"https://site.example/{i}" for i in ids]),
-        "text_list": pa.LargeListArray.from_arrays(pa.array(sent_offsets), sentences),
-        "images": pa.LargeListArray.from_arrays(pa.array(img_offsets), images),
-        "similarity_matrix": pa.LargeListArray.from_arrays(pa.array(img_offsets), rows)})
+    table = pa.table(
+        {
+            "doc_id": pa.array(ids),
+            "url": pa.array([f"https://site.example/{i}" for i in ids]),
+            "text_list": pa.LargeListArray.from_arrays(pa.array(sent_offsets), sentences),
+            "images": pa.LargeListArray.from_arrays(pa.array(img_offsets), images),
+            "similarity_matrix": pa.LargeListArray.from_arrays(pa.array(img_offsets), rows),
+        }
+    )
     return pl.from_arrow(table).cast(CLIP_SCORES_SCHEMA)
 
 
@@ -94,9 +100,18 @@ def clock(fn) -> tuple[float, float]:
 
 
 def report(label: str, docs: int, wall: float, cpu: float, **extra) -> None:
-    print_json(label, {"docs": docs, "docs_per_second": round(docs / wall), "docs_per_cpu_second": round(docs / cpu),
-                       "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "load_average": load_average(),
-                       **extra})
+    print_json(
+        label,
+        {
+            "docs": docs,
+            "docs_per_second": round(docs / wall),
+            "docs_per_cpu_second": round(docs / cpu),
+            "seconds": round(wall, 2),
+            "cpu_seconds": round(cpu, 2),
+            "load_average": load_average(),
+            **extra,
+        },
+    )
 
 
 def main() -> None:
@@ -114,24 +129,34 @@ def main() -> None:
     cells = np.r_[0, np.cumsum(n * m)]
     bounds = list(range(0, args.docs, args.batch)) + [args.docs]
     batches = [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    print_json("shapes", {"docs": args.docs, "mean_images": round(float(n.mean()), 2),
-                          "mean_sentences": round(float(m.mean()), 2), "single_image_docs": round(float((n == 1).mean()), 3),
-                          "similarity": "independent" if args.independent else "topical", "batch": args.batch})
+    print_json(
+        "shapes",
+        {
+            "docs": args.docs,
+            "mean_images": round(float(n.mean()), 2),
+            "mean_sentences": round(float(m.mean()), 2),
+            "single_image_docs": round(float((n == 1).mean()), 3),
+            "similarity": "independent" if args.independent else "topical",
+            "batch": args.batch,
+        },
+    )
 
     solved = [0]
 
     def run_solver():
         for a, b in batches:
-            solved[0] += assign_flat(values[cells[a]:cells[b]], n[a:b], m[a:b], args.min_sim).docs_solved
+            solved[0] += assign_flat(values[cells[a] : cells[b]], n[a:b], m[a:b], args.min_sim).docs_solved
+
     wall, cpu = clock(run_solver)
     report("solver", args.docs, wall, cpu, solver_share=round(solved[0] / args.docs, 3))
 
-    frames = [clip_scores_frame(a, n[a:b], m[a:b], values[cells[a]:cells[b]]) for a, b in batches]
+    frames = [clip_scores_frame(a, n[a:b], m[a:b], values[cells[a] : cells[b]]) for a, b in batches]
     kept = [0]
 
     def run_frames():
         for frame in frames:
             kept[0] += assign_frame(frame, args.min_sim).frame.height
+
     wall, cpu = clock(run_frames)
     report("frame", args.docs, wall, cpu, docs_kept=kept[0])
 
@@ -141,16 +166,17 @@ def main() -> None:
             for frame in frames:
                 out.write(frame)
 
-        def run_asset_loop():   # the body of the assignments asset
+        def run_asset_loop():  # the body of the assignments asset
             with store.table_writer("assignments", "bench", ASSIGNMENTS_SCHEMA) as out:
                 for batch in store.iter_batches("clip_scores", "bench", batch_size=args.batch):
                     out.write(assign_frame(batch, args.min_sim).frame)
+
         wall, cpu = clock(run_asset_loop)
         report("asset_loop", args.docs, wall, cpu)
 
         old = min(args.old_docs, args.docs)
 
-        def run_old_rows():   # the previous body: one dict per row in, one dict per row out
+        def run_old_rows():  # the previous body: one dict per row in, one dict per row out
             images, done = StepStats(), 0
             with store.table_writer("assignments_old", "bench", ASSIGNMENTS_SCHEMA) as out:
                 for batch in store.iter_batches("clip_scores", "bench", batch_size=args.batch):
@@ -161,6 +187,7 @@ def main() -> None:
                     done += min(batch.height, old - done)
                     if done >= old:
                         break
+
         if old:
             wall, cpu = clock(run_old_rows)
             report("old_rows", old, wall, cpu)

@@ -50,9 +50,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (build_scoring_shard, doc_shapes, jpeg_corpus, load_average, matmul_peak,  # noqa: E402
-                     matmul_sustained, peak_rss_mb, print_json)
-
+from _common import (
+    build_scoring_shard,
+    doc_shapes,
+    jpeg_corpus,
+    load_average,
+    matmul_peak,  # noqa: E402
+    matmul_sustained,
+    peak_rss_mb,
+    print_json,
+)
 from mmc4_assets.clip.encoder import ClipEncoder, ClipSpec  # noqa: E402
 from mmc4_assets.clip.scoring import ShardScorer  # noqa: E402
 from mmc4_assets.clip.shard import write_clip_scores  # noqa: E402
@@ -61,7 +68,7 @@ from mmc4_assets.storage import ShardStore  # noqa: E402
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)   # full score matrix, as torch counts CUDA
+    return sdpa_flop_count(query_shape, key_shape, value_shape)  # full score matrix, as torch counts CUDA
 
 
 class FlopBook:
@@ -69,7 +76,9 @@ class FlopBook:
 
     def __init__(self, encoder: ClipEncoder):
         self.encoder = encoder
-        self.image_flops = self._count(lambda m: m.encode_image(torch.randn(1, 3, *self._size(), device=encoder.device)))
+        self.image_flops = self._count(
+            lambda m: m.encode_image(torch.randn(1, 3, *self._size(), device=encoder.device))
+        )
         self._text: dict[int, int] = {}
         self.images = 0
         self.sentences = 0
@@ -115,8 +124,11 @@ class FlopBook:
             tokens = torch.zeros(1, length, dtype=torch.long, device=self.encoder.device)
             tokens[0, 0], tokens[0, length - 1] = 49406, 49407
             fn = self.encoder._encode_text_cut if self.encoder.text_cut_to_length else self.encoder.model.encode_text
-            self._text[length] = self._count(lambda m: fn(tokens if self.encoder.text_cut_to_length
-                                                           else torch.nn.functional.pad(tokens, (0, 77 - length))))
+            self._text[length] = self._count(
+                lambda m: fn(
+                    tokens if self.encoder.text_cut_to_length else torch.nn.functional.pad(tokens, (0, 77 - length))
+                )
+            )
         return self._text[length]
 
     @property
@@ -148,13 +160,19 @@ def print_summary(summary: dict[str, float], peaks: list[float], sustained: list
     large fp32 matmuls, and on a drifting VM a 3-s sustained window can beat every 4-call burst,
     so the largest of them all is the denominator. ``*_vs_sustained`` is context only."""
     top, steady = max(max(peaks), max(sustained)), max(sustained)
-    print_json("summary", {"peak_gflops": round(top / 1e9, 1), "burst_gflops_max": round(max(peaks) / 1e9, 1),
-                           "burst_gflops_min": round(min(peaks) / 1e9, 1),
-                           "sustained_gflops_max": round(steady / 1e9, 1),
-                           "sustained_gflops_min": round(min(sustained) / 1e9, 1),
-                           **{f"{k}_utilisation": round(v / top, 3) for k, v in summary.items()},
-                           **{f"{k}_utilisation_vs_sustained": round(v / steady, 3) for k, v in summary.items()},
-                           "load_average": load_average()})
+    print_json(
+        "summary",
+        {
+            "peak_gflops": round(top / 1e9, 1),
+            "burst_gflops_max": round(max(peaks) / 1e9, 1),
+            "burst_gflops_min": round(min(peaks) / 1e9, 1),
+            "sustained_gflops_max": round(steady / 1e9, 1),
+            "sustained_gflops_min": round(min(sustained) / 1e9, 1),
+            **{f"{k}_utilisation": round(v / top, 3) for k, v in summary.items()},
+            **{f"{k}_utilisation_vs_sustained": round(v / steady, 3) for k, v in summary.items()},
+            "load_average": load_average(),
+        },
+    )
 
 
 def main() -> None:
@@ -173,10 +191,16 @@ def main() -> None:
     ap.add_argument("--skip-bf16", action="store_true")
     args = ap.parse_args()
 
-    print_json("machine", {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                           "load_average": load_average()})
+    print_json(
+        "machine",
+        {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average": load_average(),
+        },
+    )
     peaks = [matmul_peak()]
     sustained = [matmul_sustained()]
     summary: dict[str, float] = {}
@@ -184,25 +208,46 @@ def main() -> None:
     if not args.skip_bf16:
         probe = matmul_peak(torch.bfloat16, sizes=(512,), repeats=1)
         bf16 = matmul_peak(torch.bfloat16) if probe > peaks[0] / 4 else probe
-    print_json("peak", {"fp32_gflops": round(peaks[0] / 1e9, 1),
-                        "fp32_sustained_gflops": round(sustained[0] / 1e9, 1),
-                        "bf16_gflops": round(bf16 / 1e9, 1) if bf16 else None,
-                        "load_average": load_average()})
+    print_json(
+        "peak",
+        {
+            "fp32_gflops": round(peaks[0] / 1e9, 1),
+            "fp32_sustained_gflops": round(sustained[0] / 1e9, 1),
+            "bf16_gflops": round(bf16 / 1e9, 1) if bf16 else None,
+            "load_average": load_average(),
+        },
+    )
 
-    encoder = ClipEncoder(ClipSpec(model_name=args.model, pretrained=None, device=args.device,
-                                   precision=args.precision, batch_size=args.batch_size,
-                                   text_batch_size=args.text_batch_size, compile=args.compile))
+    encoder = ClipEncoder(
+        ClipSpec(
+            model_name=args.model,
+            pretrained=None,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            text_batch_size=args.text_batch_size,
+            compile=args.compile,
+        )
+    )
     book = FlopBook(encoder)
-    rng = np.random.default_rng(0)
     median_tokens = 24
-    print_json("flops", {"model": args.model, "device": encoder.device, "precision": encoder.precision,
-                         "compiled": encoder.compiled, "gflops_per_image": round(book.image_flops / 1e9, 3),
-                         f"gflops_per_sentence_{median_tokens}_tokens": round(book.sentence_flops(median_tokens) / 1e9, 3),
-                         "gflops_per_sentence_77_tokens": round(book.sentence_flops(77) / 1e9, 3)})
+    print_json(
+        "flops",
+        {
+            "model": args.model,
+            "device": encoder.device,
+            "precision": encoder.precision,
+            "compiled": encoder.compiled,
+            "gflops_per_image": round(book.image_flops / 1e9, 3),
+            f"gflops_per_sentence_{median_tokens}_tokens": round(book.sentence_flops(median_tokens) / 1e9, 3),
+            "gflops_per_sentence_77_tokens": round(book.sentence_flops(77) / 1e9, 3),
+        },
+    )
 
     # -- model only ----------------------------------------------------------------------
     x = torch.randn(args.batch_size, 3, *book._size(), device=encoder.device).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     tokens = torch.randint(1, 49000, (args.text_batch_size, median_tokens), device=encoder.device)
     tokens[:, 0], tokens[:, -1] = 49406, 49407
 
@@ -220,20 +265,33 @@ def main() -> None:
         if encoder.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    for label, fn, flops in (("image", run_images, book.image_flops * args.batch_size),
-                             ("text", run_text, book.sentence_flops(median_tokens) * args.text_batch_size)):
+    for label, fn, flops in (
+        ("image", run_images, book.image_flops * args.batch_size),
+        ("text", run_text, book.sentence_flops(median_tokens) * args.text_batch_size),
+    ):
         book.reset()
         calls, seconds, warmup = timed(fn, args.model_seconds if label == "image" else args.model_seconds / 2)
         peaks.append(matmul_peak())
         sustained.append(matmul_sustained())
         achieved = calls * flops / seconds
         summary[f"model_only_{label}"] = achieved
-        print_json("model_only", {
-            "tower": label, "model": args.model, "batch": args.batch_size if label == "image" else args.text_batch_size,
-            "per_second": round(calls * (args.batch_size if label == "image" else args.text_batch_size) / seconds, 2),
-            "achieved_gflops": round(achieved / 1e9, 1), "peak_gflops": round(max(peaks) / 1e9, 1),
-            "utilisation": round(achieved / max(peaks), 3), "seconds": round(seconds, 1),
-            "first_call_seconds": round(warmup, 1), "load_average": load_average()})
+        print_json(
+            "model_only",
+            {
+                "tower": label,
+                "model": args.model,
+                "batch": args.batch_size if label == "image" else args.text_batch_size,
+                "per_second": round(
+                    calls * (args.batch_size if label == "image" else args.text_batch_size) / seconds, 2
+                ),
+                "achieved_gflops": round(achieved / 1e9, 1),
+                "peak_gflops": round(max(peaks) / 1e9, 1),
+                "utilisation": round(achieved / max(peaks), 3),
+                "seconds": round(seconds, 1),
+                "first_call_seconds": round(warmup, 1),
+                "load_average": load_average(),
+            },
+        )
 
     if args.docs <= 0:
         print_summary(summary, peaks, sustained)
@@ -254,7 +312,7 @@ def main() -> None:
             return time.perf_counter() - started, stats, totals, scorer
 
     run_asset("warmup")
-    for length in range(2, 78):   # count every sentence length now, not inside the timed run
+    for length in range(2, 78):  # count every sentence length now, not inside the timed run
         book.sentence_flops(length)
     book.reset()
     peaks.append(matmul_peak())
@@ -271,23 +329,34 @@ def main() -> None:
     sustained.append(matmul_sustained())
     achieved = book.total / seconds
     summary["asset"], summary["asset_useful"] = achieved, book.useful / seconds
-    print_json("asset", {
-        "model": args.model, "docs": stats.kept + stats.total_dropped, "docs_scored": stats.kept,
-        "images_encoded": book.images, "sentences_in_docs": totals.sentences,
-        "sentences_encoded": book.sentences, "seconds": round(seconds, 1),
-        "images_per_second": round(book.images / seconds, 2),
-        "sentences_per_second": round(book.sentences / seconds, 1),
-        "docs_per_second": round(stats.kept / seconds, 2),
-        "image_gflop_share": round(book.images * book.image_flops / book.total, 3),
-        "achieved_gflops": round(achieved / 1e9, 1), "peak_gflops": round(max(peaks) / 1e9, 1),
-        "utilisation": round(achieved / max(peaks), 3),
-        # the same over FLOPs at each sentence's own length (what a batch pads is not counted)
-        "useful_utilisation": round(book.useful / seconds / max(peaks), 3),
-        "phase_seconds": {k: round(v, 2) for k, v in scorer.timings.items()},
-        "background_cpu_seconds": {k: round(v, 2) for k, v in scorer.background_cpu.items()},
-        "process_cpu_seconds": round(cpu, 1),
-        "decode_workers": scorer.decode_workers, "shard": shape,
-        "peak_rss_mb": round(peak_rss_mb()), "load_average": load_average()})
+    print_json(
+        "asset",
+        {
+            "model": args.model,
+            "docs": stats.kept + stats.total_dropped,
+            "docs_scored": stats.kept,
+            "images_encoded": book.images,
+            "sentences_in_docs": totals.sentences,
+            "sentences_encoded": book.sentences,
+            "seconds": round(seconds, 1),
+            "images_per_second": round(book.images / seconds, 2),
+            "sentences_per_second": round(book.sentences / seconds, 1),
+            "docs_per_second": round(stats.kept / seconds, 2),
+            "image_gflop_share": round(book.images * book.image_flops / book.total, 3),
+            "achieved_gflops": round(achieved / 1e9, 1),
+            "peak_gflops": round(max(peaks) / 1e9, 1),
+            "utilisation": round(achieved / max(peaks), 3),
+            # the same over FLOPs at each sentence's own length (what a batch pads is not counted)
+            "useful_utilisation": round(book.useful / seconds / max(peaks), 3),
+            "phase_seconds": {k: round(v, 2) for k, v in scorer.timings.items()},
+            "background_cpu_seconds": {k: round(v, 2) for k, v in scorer.background_cpu.items()},
+            "process_cpu_seconds": round(cpu, 1),
+            "decode_workers": scorer.decode_workers,
+            "shard": shape,
+            "peak_rss_mb": round(peak_rss_mb()),
+            "load_average": load_average(),
+        },
+    )
     print_summary(summary, peaks, sustained)
     if profiler:
         profiler.dump_stats(args.profile)

@@ -59,8 +59,15 @@ def make_data(root: Path, shards: int, keys: int, docs: int, seed: int = 0) -> N
     stock = rng.integers(0, 2**63, max(STOCK, keys // 10), dtype=np.uint64)
     # near-copies of the stock pictures: 1-3 bits flipped (re-encoded or resized copies)
     flips = np.uint64(1) << rng.integers(0, 64, (len(stock), 3)).astype(np.uint64)
-    variants = np.stack([stock, stock ^ flips[:, 0], stock ^ flips[:, 0] ^ flips[:, 1],
-                         stock ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2]], axis=1)
+    variants = np.stack(
+        [
+            stock,
+            stock ^ flips[:, 0],
+            stock ^ flips[:, 0] ^ flips[:, 1],
+            stock ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2],
+        ],
+        axis=1,
+    )
     prev_sigs: list[np.ndarray] = []
     for i in range(shards):
         if store.has_table("doc_fingerprints", shard_key(i)):
@@ -68,8 +75,11 @@ def make_data(root: Path, shards: int, keys: int, docs: int, seed: int = 0) -> N
         n_stock = keys // 20
         picks = variants[rng.integers(0, len(stock), n_stock), rng.integers(0, 4, n_stock)]
         hashes = np.unique(np.concatenate([picks, rng.integers(0, 2**63, keys - n_stock, dtype=np.uint64)]))
-        store.write_table("image_hash_counts", shard_key(i), pl.DataFrame(
-            {"key": hashes, "n": rng.integers(1, 3, len(hashes)).astype(np.uint32)}))
+        store.write_table(
+            "image_hash_counts",
+            shard_key(i),
+            pl.DataFrame({"key": hashes, "n": rng.integers(1, 3, len(hashes)).astype(np.uint32)}),
+        )
         sigs = rng.integers(0, 2**32, (docs, SCHEME.num_perm), dtype=np.uint32)
         urls = rng.integers(0, 2**63, docs, dtype=np.uint64)
         if prev_sigs:
@@ -80,12 +90,21 @@ def make_data(root: Path, shards: int, keys: int, docs: int, seed: int = 0) -> N
                 flip = rng.random(SCHEME.num_perm) < 0.05
                 sigs[j, flip] = rng.integers(0, 2**32, flip.sum(), dtype=np.uint32)
             u = max(1, docs // 200)
-            urls[k:k + u] = rng.integers(0, 2**63, u, dtype=np.uint64) % 1000  # a small shared URL pool
+            urls[k : k + u] = rng.integers(0, 2**63, u, dtype=np.uint64) % 1000  # a small shared URL pool
         prev_sigs = (prev_sigs + [sigs])[-20:]  # near-copies of recent shards (bounded generator memory)
-        store.write_table("doc_fingerprints", shard_key(i), pl.DataFrame({
-            "doc_id": [f"{shard_key(i)}:{d}" for d in range(docs)], "url_key": urls,
-            "candidate": [True] * docs, "signature": pl.Series(sigs, dtype=fingerprint_schema()["signature"]),
-        }, schema=fingerprint_schema()))
+        store.write_table(
+            "doc_fingerprints",
+            shard_key(i),
+            pl.DataFrame(
+                {
+                    "doc_id": [f"{shard_key(i)}:{d}" for d in range(docs)],
+                    "url_key": urls,
+                    "candidate": [True] * docs,
+                    "signature": pl.Series(sigs, dtype=fingerprint_schema()["signature"]),
+                },
+                schema=fingerprint_schema(),
+            ),
+        )
 
 
 def _rss_mib(pid: int | str = "self", field: str = "VmHWM:") -> float:
@@ -115,14 +134,17 @@ def run_step(root: Path, state: Path, kind: str, step: str, n: int, batch: int, 
     try:
         # the state lives apart from the data: the benchmark's store for contributions is read-only
         if kind == "docs":
-            update = update_doc_index(store, latest, TableReader(data, "doc_fingerprints"), full_recompute=full,
-                                      client=client)
+            update = update_doc_index(
+                store, latest, TableReader(data, "doc_fingerprints"), full_recompute=full, client=client
+            )
         elif kind == "exact":
-            update = update_image_counts(store, latest, TableReader(data, "image_hash_counts", ("key", "n")),
-                                         full_recompute=full, client=client)
+            update = update_image_counts(
+                store, latest, TableReader(data, "image_hash_counts", ("key", "n")), full_recompute=full, client=client
+            )
         elif kind == "blocklist" and step in ("full", "batch"):
-            update = bl.update_image_blocklist(store, latest, TableReader(data, "image_hash_counts", ("key", "n")),
-                                               full_recompute=full, client=client)
+            update = bl.update_image_blocklist(
+                store, latest, TableReader(data, "image_hash_counts", ("key", "n")), full_recompute=full, client=client
+            )
         else:  # blocklist build / apply, on the state a full recompute left
             return blocklist_step(data, store, step, n, batch)
         if client is not None:
@@ -131,9 +153,13 @@ def run_step(root: Path, state: Path, kind: str, step: str, n: int, batch: int, 
         if client_cm:
             client_cm.__exit__(None, None, None)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mib": _rss_mib(), "worker_peak_mib": worker_peak,
-            "shards_read": len(update.absorbed), "stats": {k: v for k, v in update.stats.items()
-                                                           if isinstance(v, (int, float, str, bool))}}
+    return {
+        "seconds": seconds,
+        "peak_mib": _rss_mib(),
+        "worker_peak_mib": worker_peak,
+        "shards_read": len(update.absorbed),
+        "stats": {k: v for k, v in update.stats.items() if isinstance(v, (int, float, str, bool))},
+    }
 
 
 def blocklist_step(data, store, step: str, n: int, batch: int) -> dict:
@@ -151,7 +177,7 @@ def blocklist_step(data, store, step: str, n: int, batch: int) -> dict:
             # synthetic shards hold no picture frequent enough for MMC4's rule; so that the lookup
             # does real work, block the sample's most-duplicated hashes (as a lower threshold would)
             sample = state.read("sample", bl.SAMPLE_SCHEMA)
-            top = (sample.group_by("key").len().sort("len", "key", descending=True).head(APPLY_MIN_BLOCKED))
+            top = sample.group_by("key").len().sort("len", "key", descending=True).head(APPLY_MIN_BLOCKED)
             blocklist = bl.Blocklist(np.sort(top["key"].to_numpy()), blocklist.max_distance)
         dropped = images = 0
         for i in range(n, n + batch):
@@ -159,13 +185,28 @@ def blocklist_step(data, store, step: str, n: int, batch: int) -> dict:
             images += len(phashes)
             dropped += len(blocklist.matches(phashes))
         out = {"images_checked": images, "images_dropped": dropped, "blocklist_size": blocklist.size}
-    return {"seconds": time.perf_counter() - started, "peak_mib": _rss_mib(), "worker_peak_mib": 0.0,
-            "shards_read": batch if step == "apply" else 0, "stats": out}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_mib": _rss_mib(),
+        "worker_peak_mib": 0.0,
+        "shards_read": batch if step == "apply" else 0,
+        "stats": out,
+    }
 
 
 def measure(args, data: Path, state: Path, kind: str, step: str, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--_step", f"{kind}:{step}:{n}", "--workdir", str(data),
-           "--_state", str(state), "--batch", str(args.batch)] + (["--engine"] if args.engine else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_step",
+        f"{kind}:{step}:{n}",
+        "--workdir",
+        str(data),
+        "--_state",
+        str(state),
+        "--batch",
+        str(args.batch),
+    ] + (["--engine"] if args.engine else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{kind}:{step}:{n} failed:\n{out.stderr[-3000:]}")
@@ -187,16 +228,23 @@ def scaling(args) -> None:
     data = root / "data"
     started = time.perf_counter()
     make_data(data, max(sizes) + args.batch, args.keys_per_shard, args.docs_per_shard)
-    print(f"synthetic data: {max(sizes) + args.batch} shards x {args.keys_per_shard} image keys, "
-          f"{args.docs_per_shard} docs ({time.perf_counter() - started:.0f}s to generate) in {data}")
+    print(
+        f"synthetic data: {max(sizes) + args.batch} shards x {args.keys_per_shard} image keys, "
+        f"{args.docs_per_shard} docs ({time.perf_counter() - started:.0f}s to generate) in {data}"
+    )
     load = Path("/proc/loadavg").read_text().split()[0]
-    print(f"machine: {os.cpu_count()} cpus (shared; wall-clock times); 1-min load average {load}; "
-          f"engine for full recomputes: {'Dask LocalCluster, 2 workers' if args.engine else 'none (this process)'}\n")
+    print(
+        f"machine: {os.cpu_count()} cpus (shared; wall-clock times); 1-min load average {load}; "
+        f"engine for full recomputes: {'Dask LocalCluster, 2 workers' if args.engine else 'none (this process)'}\n"
+    )
     print("| shards N | step | what | s | peak MiB | shards read | result |")
     print("|---:|---|---|---:|---:|---:|---|")
     for n in sizes:
-        for kind, label in (("blocklist", "image blocklist (MMC4 rule, default)"), ("docs", "document index"),
-                            ("exact", "exact image counts (option)")):
+        for kind, label in (
+            ("blocklist", "image blocklist (MMC4 rule, default)"),
+            ("docs", "document index"),
+            ("exact", "exact image counts (option)"),
+        ):
             if kind == "exact" and args.skip_exact:
                 continue
             full_state, state = root / f"state-{kind}-{n}", root / f"state-{kind}-{n}-batch"
@@ -206,14 +254,20 @@ def scaling(args) -> None:
             add = measure(args, data, state, kind, "batch", n)
             for step, r in (("full recompute", full), (f"batch +{args.batch}", add)):
                 extra = f" (Dask workers {r['worker_peak_mib']:.0f})" if r["worker_peak_mib"] else ""
-                print(f"| {n:,} | {step} | {label} | {r['seconds']:.1f} | {r['peak_mib']:.0f}{extra} | "
-                      f"{r['shards_read']:,} | {_result(kind, r['stats'])} |", flush=True)
+                print(
+                    f"| {n:,} | {step} | {label} | {r['seconds']:.1f} | {r['peak_mib']:.0f}{extra} | "
+                    f"{r['shards_read']:,} | {_result(kind, r['stats'])} |",
+                    flush=True,
+                )
             if kind == "blocklist":
                 for step in ("build", "apply"):
                     r = measure(args, data, full_state, kind, step, n)
                     what = "build blocklist from sample" if step == "build" else f"apply to {args.batch} shards"
-                    print(f"| {n:,} | {what} | image blocklist | {r['seconds']:.2f} | {r['peak_mib']:.0f} | "
-                          f"{r['shards_read']} | {_result(kind, r['stats'])} |", flush=True)
+                    print(
+                        f"| {n:,} | {what} | image blocklist | {r['seconds']:.2f} | {r['peak_mib']:.0f} | "
+                        f"{r['shards_read']} | {_result(kind, r['stats'])} |",
+                        flush=True,
+                    )
             print(f"<!-- state {kind} at {n}: {state_mib(state):.0f} MiB -->", flush=True)
             shutil.rmtree(full_state, ignore_errors=True)
             shutil.rmtree(state, ignore_errors=True)
@@ -222,9 +276,11 @@ def scaling(args) -> None:
 
 
 def _result(kind: str, stats: dict) -> str:
-    keys = {"blocklist": ("sampled_images", "blocklist_size", "images_checked", "images_dropped"),
-            "docs": ("band_rows", "near_duplicate_pairs", "url_duplicated_keys"),
-            "exact": ("index_rows", "images_over_limit")}[kind]
+    keys = {
+        "blocklist": ("sampled_images", "blocklist_size", "images_checked", "images_dropped"),
+        "docs": ("band_rows", "near_duplicate_pairs", "url_duplicated_keys"),
+        "exact": ("index_rows", "images_over_limit"),
+    }[kind]
     return ", ".join(f"{k} {stats[k]:,}" for k in keys if k in stats)
 
 
@@ -249,10 +305,12 @@ def minhash_compare(docs: int) -> None:
     for t in texts:
         w = re.findall(r"\w+", t.lower())
         m = MinHash(num_perm=SCHEME.num_perm, seed=1)
-        m.update_batch([" ".join(w[i:i + 5]).encode() for i in range(max(1, len(w) - 4))])
+        m.update_batch([" ".join(w[i : i + 5]).encode() for i in range(max(1, len(w) - 4))])
     theirs = time.perf_counter() - started
-    print(f"| implementation | {docs} docs, s | docs/s |\n|---|---:|---:|\n| numpy (mmc4_assets.dedup.minhash) | "
-          f"{ours:.2f} | {docs / ours:,.0f} |\n| datasketch MinHash.update_batch | {theirs:.2f} | {docs / theirs:,.0f} |")
+    print(
+        f"| implementation | {docs} docs, s | docs/s |\n|---|---:|---:|\n| numpy (mmc4_assets.dedup.minhash) | "
+        f"{ours:.2f} | {docs / ours:,.0f} |\n| datasketch MinHash.update_batch | {theirs:.2f} | {docs / theirs:,.0f} |"
+    )
 
 
 def main() -> None:
@@ -271,8 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     if args._step:
         kind, step, n = args._step.split(":")
-        print(json.dumps(run_step(Path(args.workdir), Path(args._state), kind, step, int(n), args.batch,
-                                  args.engine)))
+        print(json.dumps(run_step(Path(args.workdir), Path(args._state), kind, step, int(n), args.batch, args.engine)))
     elif args.minhash:
         minhash_compare(args.minhash_docs)
     else:

@@ -46,7 +46,6 @@ sys.path.insert(0, str(HERE))
 
 from fetch_corpus import build_corpus  # noqa: E402
 
-
 # --------------------------------------------------------------------------- measuring
 
 
@@ -79,7 +78,7 @@ def measure(cmds: list[list[str]], log_dir: Path, label: str, env: dict | None =
     """Run the commands at once; wall until the last exits, CPU of all, peak of the summed RSS."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    logs = [open(log_dir / f"{label}.{i}.log", "w") for i in range(len(cmds))]
+    logs = [open(log_dir / f"{label}.{i}.log", "w") for i in range(len(cmds))]  # noqa: SIM115 (closed in finally)
     try:
         procs = [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env) for cmd, log in zip(cmds, logs)]
         peak = 0
@@ -108,21 +107,37 @@ def run_ours(urls_file: Path, out: Path, shard: str, concurrency: int, workers: 
     from mmc4_assets.storage import ShardStore
 
     urls = urls_file.read_text().split()
-    docs = [{"doc_id": f"doc:{i // 5}", "image_urls": urls[i:i + 5]} for i in range(0, len(urls), 5)]
-    settings = FetchSettings(allow_private=True, concurrency=concurrency, per_host=concurrency,
-                             per_host_rps=0, retries=0, total_timeout=60, read_timeout=10)
+    docs = [{"doc_id": f"doc:{i // 5}", "image_urls": urls[i : i + 5]} for i in range(0, len(urls), 5)]
+    settings = FetchSettings(
+        allow_private=True,
+        concurrency=concurrency,
+        per_host=concurrency,
+        per_host_rps=0,
+        retries=0,
+        total_timeout=60,
+        read_timeout=10,
+    )
     store, stats = ShardStore(out), StepStats()
     threads: dict[str, float] = {}
     started = time.process_time()
     with store.table_writer("fetched_images", shard, FETCHED_SCHEMA) as table:
-        for row in fetch_documents(docs, store=store, shard=shard, settings=settings, limits=ImageLimits(),
-                                   stats=stats, options=ShardOptions(workers=workers, refetch="all",
-                                                                     progress_every=0.5),
-                                   on_progress=lambda _: threads.update(_thread_cpu())):
+        for row in fetch_documents(
+            docs,
+            store=store,
+            shard=shard,
+            settings=settings,
+            limits=ImageLimits(),
+            stats=stats,
+            options=ShardOptions(workers=workers, refetch="all", progress_every=0.5),
+            on_progress=lambda _: threads.update(_thread_cpu()),
+        ):
             table.append(row)
     # where the CPU went: per thread, as last seen while the pipeline's threads were alive
-    print("CPU ms per URL by thread:", {k: round(1000 * v / len(urls), 2) for k, v in sorted(threads.items())},
-          f"process total {1000 * (time.process_time() - started) / len(urls):.2f} (after imports)")
+    print(
+        "CPU ms per URL by thread:",
+        {k: round(1000 * v / len(urls), 2) for k, v in sorted(threads.items())},
+        f"process total {1000 * (time.process_time() - started) / len(urls):.2f} (after imports)",
+    )
     print(json.dumps({"ok": stats.kept, "dropped": dict(stats.dropped)}))
 
 
@@ -148,8 +163,20 @@ def ours_commands(urls: list[str], out: Path, processes: int, concurrency: int, 
     for p in range(processes):
         part = out / f"urls.{p}.txt"
         part.write_text("".join(f"{u}\n" for u in urls[p::processes]))
-        cmds.append([sys.executable, __file__, "--run-ours", str(part), str(out), f"bench-{p}",
-                     "--concurrency", str(max(1, concurrency // processes)), "--workers", str(workers)])
+        cmds.append(
+            [
+                sys.executable,
+                __file__,
+                "--run-ours",
+                str(part),
+                str(out),
+                f"bench-{p}",
+                "--concurrency",
+                str(max(1, concurrency // processes)),
+                "--workers",
+                str(workers),
+            ]
+        )
     return cmds
 
 
@@ -166,15 +193,48 @@ def ours_successes(log_dir: Path, label: str, processes: int) -> int:
 
 def i2d_command(i2d: str, urls_file: Path, out: Path, n: int, concurrency: int, processes: int) -> list[str]:
     return [
-        i2d, str(urls_file), "--output_folder", str(out), "--output_format", "files",
-        "--input_format", "txt", "--processes_count", str(processes),
-        "--thread_count", str(max(1, concurrency // processes)),
-        "--number_sample_per_shard", str(-(-n // processes)), "--image_size", "800",
-        "--resize_mode", "keep_ratio_largest", "--resize_only_if_bigger", "True",
-        "--encode_format", "jpg", "--encode_quality", "90", "--min_image_size", "150",
-        "--max_aspect_ratio", "2", "--timeout", "10", "--retries", "0", "--enable_wandb", "False",
-        "--extract_exif", "False", "--compute_hash", "sha256", "--distributor", "multiprocessing",
-        "--disallowed_header_directives", '["noai","noimageai"]',
+        i2d,
+        str(urls_file),
+        "--output_folder",
+        str(out),
+        "--output_format",
+        "files",
+        "--input_format",
+        "txt",
+        "--processes_count",
+        str(processes),
+        "--thread_count",
+        str(max(1, concurrency // processes)),
+        "--number_sample_per_shard",
+        str(-(-n // processes)),
+        "--image_size",
+        "800",
+        "--resize_mode",
+        "keep_ratio_largest",
+        "--resize_only_if_bigger",
+        "True",
+        "--encode_format",
+        "jpg",
+        "--encode_quality",
+        "90",
+        "--min_image_size",
+        "150",
+        "--max_aspect_ratio",
+        "2",
+        "--timeout",
+        "10",
+        "--retries",
+        "0",
+        "--enable_wandb",
+        "False",
+        "--extract_exif",
+        "False",
+        "--compute_hash",
+        "sha256",
+        "--distributor",
+        "multiprocessing",
+        "--disallowed_header_directives",
+        '["noai","noimageai"]',
     ]
 
 
@@ -191,8 +251,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmc4-fetch-bench"))
     parser.add_argument("--concurrency", type=int, default=64, help="total in-flight downloads / threads")
     parser.add_argument("--processes", default="1,2", help="comma list of process counts, each run by both tools")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="our decode threads per process (0: the asset's default, cores + 1)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="our decode threads per process (0: the asset's default, cores + 1)"
+    )
     parser.add_argument("--i2d", default="/tmp/i2d/bin/img2dataset", help="img2dataset executable ('' = skip)")
     parser.add_argument("--run-ours", nargs=3, metavar=("URLS", "OUT", "SHARD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,10 +267,17 @@ def main() -> None:
     pngs = sum(e["name"].endswith(".png") for e in corpus)
     resized = sum(max(e["width"], e["height"]) > 800 for e in corpus)
     mean_kib = sum(e["bytes"] for e in corpus) / len(corpus) / 1024
-    print(f"corpus: {len(corpus)} pictures ({len(corpus) - pngs} JPEG, {pngs} PNG), {resized} need a resize, "
-          f"mean {mean_kib:.0f} KiB, in {args.workdir / 'corpus'}", flush=True)
-    server = subprocess.Popen([sys.executable, str(HERE / "fetch_server.py"), str(args.workdir / "corpus")],
-                              stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    print(
+        f"corpus: {len(corpus)} pictures ({len(corpus) - pngs} JPEG, {pngs} PNG), {resized} need a resize, "
+        f"mean {mean_kib:.0f} KiB, in {args.workdir / 'corpus'}",
+        flush=True,
+    )
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "fetch_server.py"), str(args.workdir / "corpus")],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+    )
     rows: list[tuple[str, dict]] = []
     ratios: list[tuple[int, float]] = []
     try:
@@ -232,8 +300,12 @@ def main() -> None:
             out = args.workdir / f"out-i2d-{processes}"
             shutil.rmtree(out, ignore_errors=True)
             env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-            theirs = measure([i2d_command(args.i2d, urls_file, out, len(corpus), args.concurrency, processes)],
-                             args.workdir, f"i2d-{processes}", env=env)
+            theirs = measure(
+                [i2d_command(args.i2d, urls_file, out, len(corpus), args.concurrency, processes)],
+                args.workdir,
+                f"i2d-{processes}",
+                env=env,
+            )
             theirs["ok"] = i2d_successes(out)
             rows.append((f"img2dataset {processes} proc x {per} threads", theirs))
             print(f"img2dataset done: {theirs}", flush=True)
@@ -243,17 +315,23 @@ def main() -> None:
         server.terminate()
         server.wait(10)
 
-    print(f"\n{'tool':40s} {'ok':>5s} {'wall s':>7s} {'img/s':>7s} {'CPU s':>7s} {'img/CPU-s':>9s} {'peak RSS MiB':>12s}")
+    print(
+        f"\n{'tool':40s} {'ok':>5s} {'wall s':>7s} {'img/s':>7s} {'CPU s':>7s} {'img/CPU-s':>9s} {'peak RSS MiB':>12s}"
+    )
     for name, m in rows:
         rate = m["ok"] / m["wall"] if m["wall"] else 0
         per_core = m["ok"] / m["cpu"] if m["cpu"] else 0
         flag = "" if m["rc"] == 0 else f"  (exit {m['rc']}, see {args.workdir}/*.log)"
-        print(f"{name:40s} {m['ok']:5d} {m['wall']:7.1f} {rate:7.1f} {m['cpu']:7.1f} {per_core:9.1f} "
-              f"{m['peak_rss_mib']:12.0f}{flag}")
+        print(
+            f"{name:40s} {m['ok']:5d} {m['wall']:7.1f} {rate:7.1f} {m['cpu']:7.1f} {per_core:9.1f} "
+            f"{m['peak_rss_mib']:12.0f}{flag}"
+        )
     for processes, ratio in ratios:
         print(f"ratio ours / img2dataset, {processes} proc: {ratio:.2f}x img/s (target >= 2x)")
-    print(f"cores: {os.cpu_count()}; 1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} "
-          "(the image server runs beside both tools and is not counted in CPU or RSS)")
+    print(
+        f"cores: {os.cpu_count()}; 1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f} "
+        "(the image server runs beside both tools and is not counted in CPU or RSS)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,14 +40,24 @@ def wat_archive(path: Path, pages: int) -> int:
         for i in range(pages):
             links = [{"path": "A@/href", "url": f"/p/{rng.choice(WORDS)}/{j}"} for j in range(35)]
             links += [{"path": "IMG@/src", "url": f"/img/{i}-{j}.jpg", "alt": "pic"} for j in range(5)]
-            env = {"Envelope": {"WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page_url(0, i)},
-                                "Payload-Metadata": {"HTTP-Response-Metadata": {
-                                    "Response-Message": {"Status": "200"},
-                                    "HTML-Metadata": {"Head": {"Title": "x" * 40}, "Links": links}}}}}
+            env = {
+                "Envelope": {
+                    "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page_url(0, i)},
+                    "Payload-Metadata": {
+                        "HTTP-Response-Metadata": {
+                            "Response-Message": {"Status": "200"},
+                            "HTML-Metadata": {"Head": {"Title": "x" * 40}, "Links": links},
+                        }
+                    },
+                }
+            }
             body = json.dumps(env).encode()
             raw += len(body)
-            writer.write_record(writer.create_warc_record(page_url(0, i), "metadata", payload=io.BytesIO(body),
-                                                          warc_content_type="application/json"))
+            writer.write_record(
+                writer.create_warc_record(
+                    page_url(0, i), "metadata", payload=io.BytesIO(body), warc_content_type="application/json"
+                )
+            )
     return raw
 
 
@@ -95,19 +105,28 @@ def main() -> None:
     for shard, loc in shard_files.items():
         found = pages_from_rows(store.read_table(SHARD_PAGES_TABLE, shard).iter_rows(named=True))
         with open(loc.uri, "rb") as fh:
-            for row in document_rows(iter_c4_lines(fh), found, shard, UrlFilter(), StepStats(), StepStats(),
-                                     lambda q: None):
+            for row in document_rows(
+                iter_c4_lines(fh), found, shard, UrlFilter(), StepStats(), StepStats(), lambda q: None
+            ):
                 images += len(row["image_urls"])
     raw_cpu = cpu() - c0
-    print(f"page_records WARC: {warc_cpu:.2f} CPU-s for {raw_bytes / 1e9:.3f} GB uncompressed "
-          f"({n_arch * pages} pages): {warc_cpu / (raw_bytes / 1e9):.0f} CPU-s/GB, "
-          f"{1e3 * warc_cpu / (n_arch * pages):.2f} ms/page")
-    print(f"page_records WAT:  {wat_cpu:.2f} CPU-s for {wat_raw / 1e9:.3f} GB uncompressed (4000 records): "
-          f"{wat_cpu / (wat_raw / 1e9):.0f} CPU-s/GB, {1e3 * wat_cpu / 4000:.2f} ms/record")
-    print(f"join: {join_cpu:.2f} CPU-s ({join_wall:.1f} s wall) for {docs} documents x {n_arch * pages} page records "
-          f"-> {report.pages} pages: {1e3 * join_cpu / (docs + n_arch * pages):.3f} ms per (document + record)")
-    print(f"raw_c4 from page table: {raw_cpu:.2f} CPU-s for {docs} documents, {images} images: "
-          f"{1e3 * raw_cpu / docs:.3f} ms/document")
+    print(
+        f"page_records WARC: {warc_cpu:.2f} CPU-s for {raw_bytes / 1e9:.3f} GB uncompressed "
+        f"({n_arch * pages} pages): {warc_cpu / (raw_bytes / 1e9):.0f} CPU-s/GB, "
+        f"{1e3 * warc_cpu / (n_arch * pages):.2f} ms/page"
+    )
+    print(
+        f"page_records WAT:  {wat_cpu:.2f} CPU-s for {wat_raw / 1e9:.3f} GB uncompressed (4000 records): "
+        f"{wat_cpu / (wat_raw / 1e9):.0f} CPU-s/GB, {1e3 * wat_cpu / 4000:.2f} ms/record"
+    )
+    print(
+        f"join: {join_cpu:.2f} CPU-s ({join_wall:.1f} s wall) for {docs} documents x {n_arch * pages} page records "
+        f"-> {report.pages} pages: {1e3 * join_cpu / (docs + n_arch * pages):.3f} ms per (document + record)"
+    )
+    print(
+        f"raw_c4 from page table: {raw_cpu:.2f} CPU-s for {docs} documents, {images} images: "
+        f"{1e3 * raw_cpu / docs:.3f} ms/document"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

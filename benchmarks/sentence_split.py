@@ -32,7 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, print_json  # noqa: E402
-
 from mmc4_assets.sample.server import SAMPLE_DIR, SHARD_RELPATH  # noqa: E402
 from mmc4_assets.text.sentences import split_sentences  # noqa: E402
 
@@ -86,6 +85,7 @@ def nltk_split():
 
     def split(text: str) -> list[str]:
         return [s.strip() for p in text.splitlines() if p.strip() for s in tok(p.strip()) if s.strip()]
+
     return split
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     print_json("machine", {"load_average_before": load_average()})
     texts = sample_texts()
     paragraphs = [p.strip() for t in texts for p in t.splitlines() if p.strip()]
-    for splitter in ("punkt", "pysbd"):   # load the model / compile the rules outside the timings
+    for splitter in ("punkt", "pysbd"):  # load the model / compile the rules outside the timings
         split_sentences(texts[0], splitter=splitter)
 
     for kb in [int(s) for s in args.sizes.split(",")]:
@@ -109,17 +109,33 @@ def main() -> None:
                     continue
                 repeats = args.repeats if kb <= 100 or splitter == "punkt" else 1
                 secs, n = timed(text, splitter, repeats)
-                print_json("timing", {"splitter": splitter, "shape": "one_paragraph" if one_paragraph else "lines",
-                            "kb": kb, "seconds": round(secs, 4), "per_kb_ms": round(secs / kb * 1000, 3),
-                            "sentences": n})
+                print_json(
+                    "timing",
+                    {
+                        "splitter": splitter,
+                        "shape": "one_paragraph" if one_paragraph else "lines",
+                        "kb": kb,
+                        "seconds": round(secs, 4),
+                        "per_kb_ms": round(secs / kb * 1000, 3),
+                        "sentences": n,
+                    },
+                )
 
     adversarial = {"initials": "A. B. C. D. E. F. ", "a_dot": "a. ", "ellipsis": "... "}
     for name, unit in adversarial.items():
         for kb in (100, 200):
             text = (unit * (kb * 1000 // len(unit) + 1))[: kb * 1000]
             secs, n = timed(text, "punkt", 1)
-            print_json("worst_case", {"text": name, "kb": kb, "seconds": round(secs, 3),
-                        "per_kb_ms": round(secs / kb * 1000, 3), "sentences": n})
+            print_json(
+                "worst_case",
+                {
+                    "text": name,
+                    "kb": kb,
+                    "seconds": round(secs, 3),
+                    "per_kb_ms": round(secs / kb * 1000, 3),
+                    "sentences": n,
+                },
+            )
 
     same, diffs, n_punkt, n_pysbd = 0, [], 0, 0
     for t in texts:
@@ -127,10 +143,18 @@ def main() -> None:
         same += a == b
         diffs.append(abs(len(a) - len(b)))
         n_punkt, n_pysbd = n_punkt + len(a), n_pysbd + len(b)
-    print_json("distance", {"what": "punkt vs pysbd on the sample", "documents": len(texts),
-                "identical_text_list_pct": round(100 * same / len(texts), 1),
-                "mean_abs_sentence_count_diff": round(statistics.mean(diffs), 3),
-                "max_abs_sentence_count_diff": max(diffs), "sentences_punkt": n_punkt, "sentences_pysbd": n_pysbd})
+    print_json(
+        "distance",
+        {
+            "what": "punkt vs pysbd on the sample",
+            "documents": len(texts),
+            "identical_text_list_pct": round(100 * same / len(texts), 1),
+            "mean_abs_sentence_count_diff": round(statistics.mean(diffs), 3),
+            "max_abs_sentence_count_diff": max(diffs),
+            "sentences_punkt": n_punkt,
+            "sentences_pysbd": n_pysbd,
+        },
+    )
 
     nltk = nltk_split()
     if nltk is None:
@@ -138,8 +162,14 @@ def main() -> None:
     else:
         docs = texts + [(u * 2000) for u in adversarial.values()]
         same = sum(split_sentences(d) == nltk(d) for d in docs)
-        print_json("parity", {"what": "punkt vs NLTK PunktSentenceTokenizer, same English parameters",
-                    "documents": len(docs), "identical": same})
+        print_json(
+            "parity",
+            {
+                "what": "punkt vs NLTK PunktSentenceTokenizer, same English parameters",
+                "documents": len(docs),
+                "identical": same,
+            },
+        )
     print_json("machine", {"load_average_after": load_average()})
 
 

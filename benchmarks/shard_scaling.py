@@ -91,9 +91,15 @@ def build_source(out: Path, copies: int) -> tuple[Path, list[str], Path]:
                     body = rec.content_stream().read().replace(f"//{IMAGE_HOST}".encode(), f"//{_host(k)}".encode())
                     http = rec.http_headers
                     http.replace_header("Content-Length", str(len(body)))
-                    writer.write_record(writer.create_warc_record(
-                        uri, "response", payload=io.BytesIO(body), http_headers=http,
-                        warc_headers_dict={"WARC-Date": rec.rec_headers.get_header("WARC-Date")}))
+                    writer.write_record(
+                        writer.create_warc_record(
+                            uri,
+                            "response",
+                            payload=io.BytesIO(body),
+                            http_headers=http,
+                            warc_headers_dict={"WARC-Date": rec.rec_headers.get_header("WARC-Date")},
+                        )
+                    )
     with open(archives[1], "wb") as fh:
         writer = WARCWriter(fh, gzip=True)
         for k in range(copies):
@@ -106,9 +112,14 @@ def build_source(out: Path, copies: int) -> tuple[Path, list[str], Path]:
                     page = header["WARC-Target-URI"]
                     header["WARC-Target-URI"] = _with_copy(page, k)
                     text = json.dumps(payload).replace(f"//{IMAGE_HOST}", f"//{_host(k)}")
-                    writer.write_record(writer.create_warc_record(
-                        _with_copy(page, k), "metadata", payload=io.BytesIO(text.encode()),
-                        warc_content_type="application/json"))
+                    writer.write_record(
+                        writer.create_warc_record(
+                            _with_copy(page, k),
+                            "metadata",
+                            payload=io.BytesIO(text.encode()),
+                            warc_content_type="application/json",
+                        )
+                    )
 
     sources = [p for p in sample_images_dir().rglob("*") if p.is_file()]
     for k in range(copies):
@@ -124,8 +135,9 @@ def build_source(out: Path, copies: int) -> tuple[Path, list[str], Path]:
                     # one pixel per copy: a new file and CLIP input, the same picture and pHash
                     px = img.getpixel((0, 0))
                     bump = (k * 37) % 256
-                    img.putpixel((0, 0), tuple((c + bump) % 256 for c in px) if isinstance(px, tuple)
-                                 else (px + bump) % 256)
+                    img.putpixel(
+                        (0, 0), tuple((c + bump) % 256 for c in px) if isinstance(px, tuple) else (px + bump) % 256
+                    )
                     buf = io.BytesIO()
                     img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
                     data = buf.getvalue()
@@ -151,19 +163,28 @@ def run_one(copies: int, workdir: Path) -> dict:
     storage = Path(tempfile.mkdtemp(prefix=f"scale-{copies}x-", dir=workdir))
     with SampleImageServer(images) as server:
         resources = sample_resources(str(storage), shards_root=str(shards_root), page_archives=archives)
-        resources["fetcher"] = ImageFetcher(allow_private=True, concurrency=16, total_timeout=10.0, retries=1,
-                                            url_rewrites={f"https://{_host(k)}/": f"{server.base_url}c{k}/"
-                                                          for k in range(copies)})
+        resources["fetcher"] = ImageFetcher(
+            allow_private=True,
+            concurrency=16,
+            total_timeout=10.0,
+            retries=1,
+            url_rewrites={f"https://{_host(k)}/": f"{server.base_url}c{k}/" for k in range(copies)},
+        )
         d = defs()
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions(shards.name, [shard])
         rss_before = peak_rss_mb()
         started = time.perf_counter()
-        result = dg.materialize([*d.assets, *d.asset_checks], partition_key=shard, instance=instance,
-                          # the page stages (archive partitions, the join) are not in this run:
-                          # raw_c4 scans the sample's two archives itself
-                          selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
-                                resources=resources, raise_on_error=False)
+        result = dg.materialize(
+            [*d.assets, *d.asset_checks],
+            partition_key=shard,
+            instance=instance,
+            # the page stages (archive partitions, the join) are not in this run:
+            # raw_c4 scans the sample's two archives itself
+            selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
+            resources=resources,
+            raise_on_error=False,
+        )
         wall = time.perf_counter() - started
     steps: dict[str, float] = {}
     starts: dict[str, float] = {}
@@ -178,17 +199,28 @@ def run_one(copies: int, workdir: Path) -> dict:
             starts[ev.step_key] = record.timestamp
         elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in starts:
             steps[ev.step_key] = round(record.timestamp - starts[ev.step_key], 2)
-    md = {m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
-          for m in result.get_asset_materialization_events()}
+    md = {
+        m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
+        for m in result.get_asset_materialization_events()
+    }
     count = lambda asset, key: md.get(asset, {}).get(key).value if key in md.get(asset, {}) else None  # noqa: E731
-    return {"copies": copies, "success": result.success, "wall_seconds": round(wall, 1),
-            "peak_rss_mb": round(peak_rss_mb()), "rss_before_run_mb": round(rss_before),
-            "lines": count("raw_c4", "num_lines"), "docs": count("raw_c4", "num_docs"),
-            "candidates": count("fetched_images", "num_candidates"), "images_ok": count("fetched_images", "num_ok"),
-            "clip_docs": count("clip_scores", "num_docs"), "assigned_docs": count("assignments", "num_docs"),
-            "failed_steps": [k for k, v in steps.items() if False] or [
-                e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"],
-            "step_seconds": steps, "load_average": load_average()}
+    return {
+        "copies": copies,
+        "success": result.success,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "rss_before_run_mb": round(rss_before),
+        "lines": count("raw_c4", "num_lines"),
+        "docs": count("raw_c4", "num_docs"),
+        "candidates": count("fetched_images", "num_candidates"),
+        "images_ok": count("fetched_images", "num_ok"),
+        "clip_docs": count("clip_scores", "num_docs"),
+        "assigned_docs": count("assignments", "num_docs"),
+        "failed_steps": [k for k, v in steps.items() if False]
+        or [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"],
+        "step_seconds": steps,
+        "load_average": load_average(),
+    }
 
 
 def main() -> None:
@@ -204,8 +236,9 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes:
-        proc = subprocess.run([sys.executable, __file__, "--run", str(size), "--workdir", str(workdir)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--run", str(size), "--workdir", str(workdir)], capture_output=True, text=True
+        )
         found = re.findall(r"^RESULT (.*)$", proc.stdout, re.M)
         if proc.returncode or not found:
             print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
@@ -216,8 +249,10 @@ def main() -> None:
     print("\n| shard | lines | docs | images ok | wall s | s per 1k lines | peak RSS MB | load avg |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['copies']}x sample | {r['lines']} | {r['docs']} | {r['images_ok']} | {r['wall_seconds']} | "
-              f"{1000 * r['wall_seconds'] / max(r['lines'] or 1, 1):.1f} | {r['peak_rss_mb']} | {r['load_average']} |")
+        print(
+            f"| {r['copies']}x sample | {r['lines']} | {r['docs']} | {r['images_ok']} | {r['wall_seconds']} | "
+            f"{1000 * r['wall_seconds'] / max(r['lines'] or 1, 1):.1f} | {r['peak_rss_mb']} | {r['load_average']} |"
+        )
 
 
 if __name__ == "__main__":

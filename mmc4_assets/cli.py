@@ -26,8 +26,9 @@ def _instance():
 def sample_main(argv: list[str] | None = None) -> int:
     """Materialize every asset and check for the bundled sample shard, in this process."""
     parser = argparse.ArgumentParser(prog="mmc4-sample", description=sample_main.__doc__)
-    parser.add_argument("--storage-root", default=None,
-                        help="where outputs go (default: $MMC4_STORAGE_ROOT or ./storage)")
+    parser.add_argument(
+        "--storage-root", default=None, help="where outputs go (default: $MMC4_STORAGE_ROOT or ./storage)"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.storage_root:
@@ -38,11 +39,9 @@ def sample_main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MMC4_PROFILE", "sample")
 
     from mmc4_assets.definitions import defs
-    from mmc4_assets.defs.partitions import shards
+    from mmc4_assets.defs.partitions import archives, shards
     from mmc4_assets.publish.mmc4_format import shard_filename
     from mmc4_assets.storage import open_store
-
-    from mmc4_assets.defs.partitions import archives
 
     instance = _instance()
     instance.add_dynamic_partitions(shards.name, [SAMPLE_SHARD])
@@ -55,41 +54,53 @@ def sample_main(argv: list[str] | None = None) -> int:
     archive_keys = list(d.resources["source"].process_config_and_initialize().archive_keys())
     instance.add_dynamic_partitions(archives.name, archive_keys)
     steps = [("page_records_job", key) for key in archive_keys] + [
-        ("shard_pages_job", SAMPLE_SHARD), ("mmc4_shard_job", SAMPLE_SHARD), ("corpus_update_job", None),
-        ("mmc4_publish_job", SAMPLE_SHARD)]
+        ("shard_pages_job", SAMPLE_SHARD),
+        ("mmc4_shard_job", SAMPLE_SHARD),
+        ("corpus_update_job", None),
+        ("mmc4_publish_job", SAMPLE_SHARD),
+    ]
     results = []
     for name, partition in steps:
         result = d.resolve_job_def(name).execute_in_process(
-            instance=instance, partition_key=partition, run_config=run_config, raise_on_error=False)
+            instance=instance, partition_key=partition, run_config=run_config, raise_on_error=False
+        )
         results.append(result)
         if not result.success:
-            print(f"sample run {result.run_id} ({name}) FAILED after {time.perf_counter() - started:.1f}s; "
-                  "see `dg dev` or the log above", file=sys.stderr)
+            print(
+                f"sample run {result.run_id} ({name}) FAILED after {time.perf_counter() - started:.1f}s; "
+                "see `dg dev` or the log above",
+                file=sys.stderr,
+            )
             return 1
     elapsed = time.perf_counter() - started
     print(f"\nsample runs {', '.join(r.run_id[:8] for r in results)} succeeded in {elapsed:.1f}s")
     for mat in (m for r in results for m in r.get_asset_materialization_events()):
         md = mat.step_materialization_data.materialization.metadata
         key = mat.asset_key.to_user_string()
-        counts = ", ".join(f"{k}={md[k].value}" for k in ("num_docs", "num_candidates", "num_ok", "num_images",
-                                                          "num_records", "num_pages") if k in md)
+        counts = ", ".join(
+            f"{k}={md[k].value}"
+            for k in ("num_docs", "num_candidates", "num_ok", "num_images", "num_records", "num_pages")
+            if k in md
+        )
         print(f"  {key:18s} {counts}")
     for check in (c for r in results for c in r.get_asset_check_evaluations()):
         print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
     store = open_store()  # the root and MMC4_S3_* settings the run's resources used
     print(f"\npublished shard: {store.uri('published', shard_filename(SAMPLE_SHARD))}")
     print(f"dagster home:    {os.environ['DAGSTER_HOME']}")
-    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dg dev"
-          "  ->  http://127.0.0.1:3000")
+    print(f"open the UI:     DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dg dev  ->  http://127.0.0.1:3000")
     return 0
 
 
 def shards_main(argv: list[str] | None = None) -> int:
     """List, add or discover shard partitions in the Dagster instance ($DAGSTER_HOME)."""
     parser = argparse.ArgumentParser(prog="mmc4-shards", description=shards_main.__doc__)
-    parser.add_argument("--source-root", default=None,
-                        help="where {key}.json.gz shard files live, local or s3:// (default: the profile's "
-                             "source: $MMC4_SHARDS_ROOT, else the bundled sample's folder)")
+    parser.add_argument(
+        "--source-root",
+        default=None,
+        help="where {key}.json.gz shard files live, local or s3:// (default: the profile's "
+        "source: $MMC4_SHARDS_ROOT, else the bundled sample's folder)",
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="registered shard partitions")
     add = sub.add_parser("add", help="register shard keys by hand (each must have its file under the source root)")
@@ -117,8 +128,11 @@ def shards_main(argv: list[str] | None = None) -> int:
         keys = args.keys
         missing = [k for k in keys if not source.shard_path(k).exists()]
         if missing and not args.force:
-            print(f"no shard file under {source.shards_root} for: {', '.join(missing)} "
-                  "(expected {key}.json.gz; --force registers them anyway)", file=sys.stderr)
+            print(
+                f"no shard file under {source.shards_root} for: {', '.join(missing)} "
+                "(expected {key}.json.gz; --force registers them anyway)",
+                file=sys.stderr,
+            )
             return 2
     else:
         keys = source.list_shards()
@@ -164,7 +178,7 @@ def archives_main(argv: list[str] | None = None) -> int:
     else:
         keys = args.keys
         for key in keys:
-            archive_relpath(key)   # refuses keys that are not archive keys (ValueError names it)
+            archive_relpath(key)  # refuses keys that are not archive keys (ValueError names it)
     new = [k for k in keys if k not in set(known)]
     if new:
         instance.add_dynamic_partitions(archives.name, new)

@@ -28,9 +28,9 @@ class Settings:
 class ImageLimits(Settings):
     """fetched_images: which decoded images are kept, and how they are stored."""
 
-    min_side: int = 150          # MMC4: drop width or height < 150 px
-    max_aspect: float = 2.0      # MMC4: drop aspect ratio > 2 or < 1/2
-    max_side: int = 800          # MMC4: resize so the longer side <= 800
+    min_side: int = 150  # MMC4: drop width or height < 150 px
+    max_aspect: float = 2.0  # MMC4: drop aspect ratio > 2 or < 1/2
+    max_side: int = 800  # MMC4: resize so the longer side <= 800
     max_pixels: int = 40_000_000  # above this the header is a decompression bomb, never decode
     jpeg_quality: int = 90
 
@@ -66,7 +66,7 @@ class BlocklistRule(Settings):
     """corpus_image_counts, MMC4's rule: frequent images from a seeded sample of fetched images."""
 
     sample_size: int = 60_000
-    max_near_duplicates: int = 10   # blocked when MORE than this many duplicates in the sample
+    max_near_duplicates: int = 10  # blocked when MORE than this many duplicates in the sample
     max_distance: int = DedupSettings.phash_threshold  # findimagedupes threshold (pHash bits)
     seed: int = 0
 
@@ -93,8 +93,8 @@ class CoreRules(Settings):
     max_sentences: int = 40
     min_images: int = 2
     max_images: int = 15
-    phash_threshold: int = 10   # stricter than the full set's 5
-    min_sim: float = 0.25       # an image is well matched when matched_sim > min_sim
+    phash_threshold: int = 10  # stricter than the full set's 5
+    min_sim: float = 0.25  # an image is well matched when matched_sim > min_sim
     min_fraction: float = 0.75  # ... and at least this share of the images must be
 
 
@@ -102,13 +102,13 @@ class CoreRules(Settings):
 class PublishSettings(Settings):
     """published_shards: file names, subsets and the corpus rules' switches."""
 
-    version: str = "v2"       # MMC4's file suffix: docs_shard_{N}_v2.jsonl.zip (full and ff)
+    version: str = "v2"  # MMC4's file suffix: docs_shard_{N}_v2.jsonl.zip (full and ff)
     core_version: str = "v3"  # ... and _v3 for core and core-ff
-    ndigits: int = 6          # similarity decimals in the jsonl
+    ndigits: int = 6  # similarity decimals in the jsonl
     # the subsets written beside the full set; ff ones need a face classifier (else skipped)
     subsets: tuple[str, ...] = SUBSETS
     core: CoreRules = CoreRules()
-    face_filter_scope: str = "image"   # "image": drop face images; "document": drop docs with any
+    face_filter_scope: str = "image"  # "image": drop face images; "document": drop docs with any
     drop_near_duplicates: bool = True  # keep the copy on the smallest (shard, doc_id)
     drop_url_duplicates: bool = False  # MMC4 only flagged them (could_have_url_duplicate)
     # refuse to publish from corpus state that has not absorbed this shard's latest

@@ -29,7 +29,7 @@ class StepStats:
     def seen(self) -> int:
         return self.kept + self.total_dropped
 
-    def timer(self, name: str) -> "_Timer":
+    def timer(self, name: str) -> _Timer:
         return _Timer(self, name)
 
     def as_dict(self) -> dict[str, int]:
@@ -45,7 +45,7 @@ class _Timer:
     def __init__(self, stats: StepStats, name: str):
         self.stats, self.name = stats, name
 
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         self.start = time.perf_counter()
         return self
 

@@ -29,15 +29,15 @@ def base_solve(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_rows, n_cols = cost.shape
     padded = cost
     if n_rows != n_cols:
-        if n_rows > n_cols:
+        if n_rows > n_cols:  # noqa: SIM108 (kept as the script's if/else)
             pad = [[0, 0], [0, n_rows - n_cols]]
         else:
             pad = [[0, n_cols - n_rows], [0, 0]]
         padded = np.pad(cost, pad, "constant", constant_values=PAD_COST)
-    _, col_of = linear_sum_assignment(padded)   # lapjv's ``sol``: a column per row
+    _, col_of = linear_sum_assignment(padded)  # lapjv's ``sol``: a column per row
     i_s = np.arange(len(col_of))
     j_s = col_of[i_s]
-    order = np.argsort(-padded[i_s, j_s])             # the script orders pairs by cost; harmless
+    order = np.argsort(-padded[i_s, j_s])  # the script orders pairs by cost; harmless
     i_s, j_s = i_s[order], j_s[order]
     if n_rows > n_cols:
         valid = np.where(j_s < n_cols)[0]

@@ -31,9 +31,10 @@ import shutil
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import imagehash
@@ -619,8 +620,7 @@ DOCS: dict[str, Doc] = {
             "Wipe the outside of the chain with a rag while backpedaling for a minute or so. For a "
             "deep clean, use a chain-cleaning box filled with a citrus degreaser, i.e. not kerosene or "
             "gasoline. Rinse with warm soapy water and let it dry completely before you lube it.",
-            "Apply one small drop of lube to each roller, then wipe off the excess from the outside "
-            "plates.",
+            "Apply one small drop of lube to each roller, then wipe off the excess from the outside plates.",
             "How often should you do this? Roughly every 300 km in dry weather, and after every wet ride.",
         ),
         _doc(
@@ -954,8 +954,7 @@ DOCS: dict[str, Doc] = {
             "rented a small 4x4, which was plenty for the main road in summer.",
             "Gas stations can be 100 km apart in the east, so fill up whenever you can. The waterfalls "
             "along the south coast are spectacular but very crowded by midday.",
-            "In the north, the lava fields near Lake Mývatn felt like another planet. Bring rain gear, "
-            "even in July!",
+            "In the north, the lava fields near Lake Mývatn felt like another planet. Bring rain gear, even in July!",
         ),
         _doc(
             "packing-list",
@@ -1190,9 +1189,7 @@ def compute_expected() -> dict[str, Any]:
             candidates, filtered = expected_for_page(doc.page)
             outcome = "ok" if candidates else "no_candidate_images"
             archive = doc.page.archive
-        published_images = [
-            c["url"] for c in candidates if c["fetch"] == "ok" and c["duplicate_of"] is None
-        ]
+        published_images = [c["url"] for c in candidates if c["fetch"] == "ok" and c["duplicate_of"] is None]
         entry.update(
             raw_c4=outcome,
             archive=archive,
@@ -1212,9 +1209,7 @@ def compute_expected() -> dict[str, Any]:
     totals = {
         "lines": len(lines),
         "raw_c4": dict(sorted(Counter(line["raw_c4"] for line in lines).items())),
-        "url_filtered": dict(
-            sorted(Counter(f["reason"] for line in lines for f in line["url_filtered"]).items())
-        ),
+        "url_filtered": dict(sorted(Counter(f["reason"] for line in lines for f in line["url_filtered"]).items())),
         "candidates": len(all_candidates),
         "fetch": dict(sorted(Counter(c["fetch"] for c in all_candidates).items())),
         "in_document_duplicates": sum(1 for c in all_candidates if c.get("duplicate_of")),
@@ -1237,7 +1232,12 @@ def compute_expected() -> dict[str, Any]:
         },
         "outcomes": {
             "raw_c4": [
-                "ok", "malformed_json", "missing_field", "no_page_record", "no_candidate_images", "blank_line",
+                "ok",
+                "malformed_json",
+                "missing_field",
+                "no_page_record",
+                "no_candidate_images",
+                "blank_line",
             ],
             "fetch": ["ok", "http_404", "not_an_image", "undecodable", "too_small", "bad_aspect"],
             "url_filter": ["bad_extension", "keyword"],
@@ -1320,9 +1320,9 @@ def _encode(image: Image.Image, fmt: str, quality: int = 88) -> bytes:
 def _html_image_body(path: str) -> bytes:
     title = HTML_IMAGE_BODIES[path]
     return (
-        "<!DOCTYPE html>\n<html><head><title>{0}</title></head>\n"
-        "<body><h1>{0}</h1><p>The image you requested is not available right now.</p></body></html>\n"
-    ).format(html.escape(title)).encode("utf-8")
+        f"<!DOCTYPE html>\n<html><head><title>{html.escape(title)}</title></head>\n"
+        f"<body><h1>{html.escape(title)}</h1><p>The image you requested is not available right now.</p></body></html>\n"  # noqa: E501
+    ).encode()
 
 
 def image_bytes(path: str, _cache: dict[str, bytes | None] | None = None) -> bytes | None:
@@ -1384,9 +1384,7 @@ def check_duplicate_design(expected: dict[str, Any], cache: dict[str, bytes | No
                 if designed_dup and distance > PHASH_THRESHOLD:
                     problems.append(f"line {line['line']}: {later['path']} is no near-dup (d={distance})")
                 if not designed_dup and distance < PHASH_MIN_DISTINCT:
-                    problems.append(
-                        f"line {line['line']}: {later['path']} ~ {earlier['path']} (d={distance})"
-                    )
+                    problems.append(f"line {line['line']}: {later['path']} ~ {earlier['path']} (d={distance})")
     if problems:
         raise AssertionError("duplicate design does not hold:\n" + "\n".join(problems))
 
@@ -1423,7 +1421,7 @@ def render_html(page: Page, doc: Doc) -> str:
 
     def render_item(item: Img | A) -> str:
         if isinstance(item, A):
-            return f'<p><a{attr("href", item.href)}>{html.escape(item.text) or "[image]"}</a></p>'
+            return f"<p><a{attr('href', item.href)}>{html.escape(item.text) or '[image]'}</a></p>"
         tag = "<img" + attr("src", item.src) + attr("srcset", item.srcset) + attr("data-src", item.data_src)
         tag += attr("alt", item.alt) + ' loading="lazy">'
         return f"<figure>{tag}</figure>"
@@ -1438,11 +1436,11 @@ def render_html(page: Page, doc: Doc) -> str:
         '<link rel="icon" href="/favicon.png">',
     ]
     if page.base_href:
-        head.append(f'<base{attr("href", page.base_href)}>')
+        head.append(f"<base{attr('href', page.base_href)}>")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n'
         + "\n".join(head)
-        + "\n</head>\n<body>\n<nav><a href=\"/\">Home</a></nav>\n<article>\n"
+        + '\n</head>\n<body>\n<nav><a href="/">Home</a></nav>\n<article>\n'
         + f"<h1>{html.escape(page.title)}</h1>\n"
         + "\n".join(body)
         + "\n</article>\n<footer><p>&copy; 2019</p></footer>\n</body>\n</html>\n"
@@ -1740,9 +1738,7 @@ def build(out_dir: Path = SAMPLE_DIR, verify: bool = True) -> dict[str, Any]:
     write_shard(out_dir / SHARD_RELPATH)
     write_warc(out_dir / WARC_RELPATH)
     write_wat(out_dir / WAT_RELPATH)
-    (out_dir / EXPECTED_RELPATH).write_text(
-        json.dumps(expected, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (out_dir / EXPECTED_RELPATH).write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return expected
 
 

@@ -32,16 +32,24 @@ def synthetic_doc(shard: int, i: int) -> dict:
     n_images = 1 + (i + shard) % 4
     texts = [f"Shard {shard} doc {i} sentence {k}." for k in range(3 + i % 3)]
     sims = [round(0.10 + 0.05 * ((i * 7 + shard + j) % 6), 4) for j in range(n_images)]
-    images = [{"image_name": f"{shard:02d}{i:04d}{j}.jpg", "raw_url": f"https://img.test/{shard}/{i}/{j}.jpg",
-               "matched_text_index": j % len(texts), "matched_sim": sims[j]} for j in range(n_images)]
+    images = [
+        {
+            "image_name": f"{shard:02d}{i:04d}{j}.jpg",
+            "raw_url": f"https://img.test/{shard}/{i}/{j}.jpg",
+            "matched_text_index": j % len(texts),
+            "matched_sim": sims[j],
+        }
+        for j in range(n_images)
+    ]
     matrix = [[0.05] * len(texts) for _ in images]
     for j, im in enumerate(images):
         matrix[j][im["matched_text_index"]] = im["matched_sim"]
     return make_document(f"https://site.test/{shard}/{i}", texts, images, matrix, 0)
 
 
-def publish(store: ShardStore, number: int, n_docs: int, subset: str | None = None, version: str = "v2",
-            salt: str = "") -> list[dict]:
+def publish(
+    store: ShardStore, number: int, n_docs: int, subset: str | None = None, version: str = "v2", salt: str = ""
+) -> list[dict]:
     docs = [synthetic_doc(number, i) for i in range(n_docs)]
     for d in docs:
         d["url"] += salt
@@ -66,8 +74,7 @@ def build_root(path) -> ShardStore:
 
 
 def write_tokens(path):
-    path.write_text(json.dumps({"alice": auth.hash_token(ALICE, ITERATIONS),
-                                "bob": auth.hash_token(BOB, ITERATIONS)}))
+    path.write_text(json.dumps({"alice": auth.hash_token(ALICE, ITERATIONS), "bob": auth.hash_token(BOB, ITERATIONS)}))
     return path
 
 
@@ -92,8 +99,9 @@ def serve(app):
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
-                          headers={"Authorization": f"Bearer {ALICE}"}) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=10, headers={"Authorization": f"Bearer {ALICE}"}
+        ) as client:
             yield client
     finally:
         server.should_exit = True
@@ -105,8 +113,13 @@ def make_client(root, tokens_file, tmp_path):
     stack = contextlib.ExitStack()
 
     def make(**settings):
-        kw = {"storage_root": str(root.root), "tokens_file": str(tokens_file),
-              "cache_dir": str(tmp_path / "cache"), "index_ttl": 0, **settings}
+        kw = {
+            "storage_root": str(root.root),
+            "tokens_file": str(tokens_file),
+            "cache_dir": str(tmp_path / "cache"),
+            "index_ttl": 0,
+            **settings,
+        }
         return stack.enter_context(serve(create_app(Settings(**kw))))
 
     with stack:
@@ -124,8 +137,12 @@ def shared(tmp_path_factory):
     """One server for the tests that only read: (client, store)."""
     tmp = tmp_path_factory.mktemp("api")
     store = build_root(tmp / "root")
-    settings = Settings(storage_root=str(store.root), tokens_file=str(write_tokens(tmp / "tokens.json")),
-                        cache_dir=str(tmp / "cache"), index_ttl=0)
+    settings = Settings(
+        storage_root=str(store.root),
+        tokens_file=str(write_tokens(tmp / "tokens.json")),
+        cache_dir=str(tmp / "cache"),
+        index_ttl=0,
+    )
     with serve(create_app(settings)) as client:
         yield client, store
 
@@ -180,26 +197,34 @@ def test_document_fields_match_the_published_line(client, expected):
     for doc_id, source in list(expected.items())[::5]:
         got = client.get(f"/datasets/mmc4/{doc_id}").json()
         assert got == {
-            "id": doc_id, "url": source["url"], "text": " ".join(source["text_list"]),
+            "id": doc_id,
+            "url": source["url"],
+            "text": " ".join(source["text_list"]),
             "text_list": source["text_list"],
-            "images": [{k: im[k] for k in ("image_name", "raw_url", "matched_text_index", "matched_sim")}
-                       for im in source["image_info"]]}
+            "images": [
+                {k: im[k] for k in ("image_name", "raw_url", "matched_text_index", "matched_sim")}
+                for im in source["image_info"]
+            ],
+        }
     page = client.get("/datasets/mmc4", params={"limit": 100}).json()["documents"]
     assert page[0] == client.get(f"/datasets/mmc4/{page[0]['id']}").json()
 
 
-@pytest.mark.parametrize("path", [
-    "/datasets/mmc4/0-7",           # line past the shard's end
-    "/datasets/mmc4/2-0",           # empty shard
-    "/datasets/mmc4/3-0",           # no such shard
-    "/datasets/mmc4/0-01",          # not the canonical id of 0-1
-    "/datasets/mmc4/0--1",
-    "/datasets/mmc4/nonsense",
-    "/datasets/mmc4/..",
-    "/datasets/mmc4/..%2F..%2Fetc%2Fpasswd",
-    "/datasets/mmc4/0-1%2F..%2F..",
-    "/datasets/mmc4/0-1/../../../etc/passwd",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/datasets/mmc4/0-7",  # line past the shard's end
+        "/datasets/mmc4/2-0",  # empty shard
+        "/datasets/mmc4/3-0",  # no such shard
+        "/datasets/mmc4/0-01",  # not the canonical id of 0-1
+        "/datasets/mmc4/0--1",
+        "/datasets/mmc4/nonsense",
+        "/datasets/mmc4/..",
+        "/datasets/mmc4/..%2F..%2Fetc%2Fpasswd",
+        "/datasets/mmc4/0-1%2F..%2F..",
+        "/datasets/mmc4/0-1/../../../etc/passwd",
+    ],
+)
 def test_unknown_or_malformed_ids_are_404(client, path):
     r = client.get(path)
     assert r.status_code == 404, (path, r.status_code, r.text)
@@ -220,11 +245,11 @@ def test_filters_select_the_right_documents_and_page_through_them(client, expect
     best = lambda d: max(im["matched_sim"] for im in d["image_info"])  # noqa: E731
     assert ids(min_matched_sim=0.3) == expect(lambda d: best(d) >= 0.3) != []
     assert ids(min_matched_sim=0.25) == expect(lambda d: best(d) >= 0.25)  # inclusive at a stored value
-    assert ids(min_images=2, min_matched_sim=0.2) == expect(lambda d: len(d["image_info"]) >= 2
-                                                                 and best(d) >= 0.2)
+    assert ids(min_images=2, min_matched_sim=0.2) == expect(lambda d: len(d["image_info"]) >= 2 and best(d) >= 0.2)
     assert ids(shard="10") == [i for i in expected if i.startswith("10-")]
-    assert ids(shard="10", min_images=4) == expect(lambda d: d["url"].startswith("https://site.test/10/")
-                                                        and len(d["image_info"]) >= 4)
+    assert ids(shard="10", min_images=4) == expect(
+        lambda d: d["url"].startswith("https://site.test/10/") and len(d["image_info"]) >= 4
+    )
     assert ids(shard="2") == []
     assert ids(min_images=99) == []
     assert ids(subset="full") == ids() == ids(subset="mmc4")
@@ -244,8 +269,9 @@ def test_subsets_come_from_manifests_and_keep_ids_unique(own, root):
     assert health["subsets"]["core"] == {"shards": 1, "documents": 3, "images": sum(len(d["image_info"]) for d in core)}
     shards = own.get("/datasets/mmc4/shards").json()["shards"]
     assert [s["shard"] for s in shards] == ["0", "2", "10", "core.0"]
-    assert [s["shard"] for s in own.get("/datasets/mmc4/shards", params={"subset": "core"}).json()["shards"]] \
-        == ["core.0"]
+    assert [s["shard"] for s in own.get("/datasets/mmc4/shards", params={"subset": "core"}).json()["shards"]] == [
+        "core.0"
+    ]
 
 
 # -- a changing published set ------------------------------------------------------------------
@@ -294,16 +320,19 @@ def test_filters_on_a_cold_corpus_answer_503_while_summaries_build(make_client, 
 
 
 # -- auth --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("header, error", [
-    (None, None),
-    ("", None),
-    (f"Bearer {ALICE}x", "invalid_token"),
-    ("Bearer wrong", "invalid_token"),
-    (f"Basic {ALICE}", "invalid_request"),
-    ("Bearer", "invalid_request"),
-    (f"Bearer {ALICE} extra", "invalid_request"),
-    (f"{ALICE}", "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        (None, None),
+        ("", None),
+        (f"Bearer {ALICE}x", "invalid_token"),
+        ("Bearer wrong", "invalid_token"),
+        (f"Basic {ALICE}", "invalid_request"),
+        ("Bearer", "invalid_request"),
+        (f"Bearer {ALICE} extra", "invalid_request"),
+        (f"{ALICE}", "invalid_request"),
+    ],
+)
 def test_auth_failures_are_401_with_a_bearer_challenge(client, header, error):
     headers = {"Authorization": header} if header is not None else {}
     for path in ("/datasets/mmc4", "/datasets/mmc4/0-0", "/datasets/mmc4/shards", "/datasets/mmc4?limit=999"):
@@ -323,9 +352,15 @@ def test_good_tokens_health_without_token_and_revocation(own, tokens_file):
     health = anonymous(own, "/health")
     assert health.status_code == 200
     assert health.json() | {"index_age_s": 0} == {
-        "status": "ok", "shards": 3, "documents": 19, "index_age_s": 0, "skipped_manifests": 0,
-        "listing_error": False, "index_version": health.json()["index_version"],
-        "subsets": {"full": {"shards": 3, "documents": 19, "images": health.json()["subsets"]["full"]["images"]}}}
+        "status": "ok",
+        "shards": 3,
+        "documents": 19,
+        "index_age_s": 0,
+        "skipped_manifests": 0,
+        "listing_error": False,
+        "index_version": health.json()["index_version"],
+        "subsets": {"full": {"shards": 3, "documents": 19, "images": health.json()["subsets"]["full"]["images"]}},
+    }
     tokens_file.write_text(json.dumps({"alice": auth.hash_token(ALICE, ITERATIONS)}))  # bob revoked
     os.utime(tokens_file, ns=(time.time_ns() + 10**9,) * 2)
     assert own.get("/datasets/mmc4", headers={"Authorization": f"Bearer {BOB}"}).status_code == 401
@@ -353,8 +388,10 @@ def test_token_hashes_are_verified_once_in_constant_time(tokens_file, tmp_path):
 def test_hash_token_cli_makes_a_working_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("my-token\n"))
     path = tmp_path / "tokens.json"
-    assert cli.main(["hash-token", "--name", "erin", "--token-stdin", "--iterations", "1000",
-                     "--tokens-file", str(path)]) == 0
+    assert (
+        cli.main(["hash-token", "--name", "erin", "--token-stdin", "--iterations", "1000", "--tokens-file", str(path)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith('"erin": "pbkdf2_sha256$1000$') and "my-token" not in path.read_text()
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -375,16 +412,29 @@ def test_rate_limit_is_per_token_and_answers_429(make_client):
 
 
 # -- bad input -------------------------------------------------------------------------------
-@pytest.mark.parametrize("params, param", [
-    ({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": -1}, "limit"), ({"limit": "ten"}, "limit"),
-    ({"offset": -1}, "offset"), ({"offset": "1e3"}, "offset"),
-    ({"min_images": -1}, "min_images"), ({"min_images": "x"}, "min_images"),
-    ({"min_matched_sim": 1.5}, "min_matched_sim"), ({"min_matched_sim": "nan"}, "min_matched_sim"),
-    ({"min_matched_sim": "inf"}, "min_matched_sim"),
-    ({"subset": "nope"}, "subset"), ({"subset": "../core"}, "subset"),
-    ({"shard": "../../etc"}, "shard"), ({"shard": "/etc/passwd"}, "shard"), ({"shard": "0/../10"}, "shard"),
-    ({"shard": "x" * 500}, "shard"), ({"limt": 5}, "limt"),
-])
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": -1}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"offset": "1e3"}, "offset"),
+        ({"min_images": -1}, "min_images"),
+        ({"min_images": "x"}, "min_images"),
+        ({"min_matched_sim": 1.5}, "min_matched_sim"),
+        ({"min_matched_sim": "nan"}, "min_matched_sim"),
+        ({"min_matched_sim": "inf"}, "min_matched_sim"),
+        ({"subset": "nope"}, "subset"),
+        ({"subset": "../core"}, "subset"),
+        ({"shard": "../../etc"}, "shard"),
+        ({"shard": "/etc/passwd"}, "shard"),
+        ({"shard": "0/../10"}, "shard"),
+        ({"shard": "x" * 500}, "shard"),
+        ({"limt": 5}, "limt"),
+    ],
+)
 def test_bad_parameters_are_422_naming_the_parameter(client, params, param):
     r = client.get("/datasets/mmc4", params=params)
     assert r.status_code == 422, r.text
@@ -396,8 +446,14 @@ def test_bad_parameters_are_422_naming_the_parameter(client, params, param):
 def test_openapi_schema_and_docs(client):
     schema = anonymous(client, "/openapi.json").json()
     op = schema["paths"]["/datasets/mmc4"]["get"]
-    assert {p["name"] for p in op["parameters"]} == {"limit", "offset", "subset", "shard", "min_images",
-                                                     "min_matched_sim"}
+    assert {p["name"] for p in op["parameters"]} == {
+        "limit",
+        "offset",
+        "subset",
+        "shard",
+        "min_images",
+        "min_matched_sim",
+    }
     assert op["security"] and "HTTPBearer" in schema["components"]["securitySchemes"]
     page = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert set(schema["components"]["schemas"][page]["properties"]) >= {"documents", "total", "next"}
@@ -425,8 +481,10 @@ def test_ids_keys_and_offsets():
 
 def test_broken_manifests_are_skipped_and_reported(own, root):
     root.write_bytes(root.path("published", "docs_shard_9_v2.manifest.json"), b"{not json")
-    root.write_bytes(root.path("published", "docs_shard_8_v2.manifest.json"),
-                     json.dumps({"shard_file": "../x.jsonl.zip", "num_docs": 1, "sha256": "a" * 64}).encode())
+    root.write_bytes(
+        root.path("published", "docs_shard_8_v2.manifest.json"),
+        json.dumps({"shard_file": "../x.jsonl.zip", "num_docs": 1, "sha256": "a" * 64}).encode(),
+    )
     health = own.get("/health").json()
     assert health["shards"] == 3 and health["skipped_manifests"] == 2
     assert own.get("/datasets/mmc4").json()["total"] == 19
@@ -444,8 +502,13 @@ def test_serves_an_s3_storage_root(tokens_file, tmp_path, monkeypatch):
         store = ShardStore("s3://mmc4/corpus", options)
         store.root.fs.mkdir("mmc4")
         docs = publish(store, 3, 5)
-        settings = Settings(storage_root="s3://mmc4/corpus", storage_options=options, tokens_file=str(tokens_file),
-                            cache_dir=str(tmp_path / "cache"), index_ttl=0)
+        settings = Settings(
+            storage_root="s3://mmc4/corpus",
+            storage_options=options,
+            tokens_file=str(tokens_file),
+            cache_dir=str(tmp_path / "cache"),
+            index_ttl=0,
+        )
         with serve(create_app(settings)) as client:
             page = client.get("/datasets/mmc4", params={"offset": 2}).json()
             assert page["total"] == 5 and [d["url"] for d in page["documents"]] == [d["url"] for d in docs[2:]]
@@ -468,8 +531,9 @@ def test_sidecar_reads_only_what_a_page_needs(root, tmp_path):
     got = [json.loads(b) for b in data.read([5, 6, 11])]
     assert [d["url"] for d in got] == [root.expected[f"10-{i}"]["url"] for i in (5, 6, 11)]
     assert data.n_images.tolist() == [len(root.expected[f"10-{i}"]["image_info"]) for i in range(12)]
-    assert math.isclose(float(data.max_sim[0]), max(im["matched_sim"] for im in root.expected["10-0"]["image_info"]),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(data.max_sim[0]), max(im["matched_sim"] for im in root.expected["10-0"]["image_info"]), rel_tol=1e-6
+    )
     assert cache.get(entry) is data and cache.builds == 1
     dataset = Dataset(Catalog(root), cache)
     assert dataset.warm(threading.Event()) == 1 and cache.builds == 2  # shard 0; empty shard 2 needs none
@@ -482,8 +546,19 @@ def test_documented_command_serves(tmp_path):
     store = ShardStore(tmp_path / "root")
     publish(store, 1, 3)
     tokens = write_tokens(tmp_path / "tokens.json")
-    cmd = [sys.executable, "-m", "mmc4_assets.api", "--storage-root", str(store.root), "--tokens-file", str(tokens),
-           "--port", "0", "--cache-dir", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmc4_assets.api",
+        "--storage-root",
+        str(store.root),
+        "--tokens-file",
+        str(tokens),
+        "--port",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         port = None

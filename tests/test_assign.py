@@ -90,9 +90,10 @@ def test_empty_and_invalid_input():
 
 # -- the batch solver must give exactly assign_images' answers ---------------------------
 
+
 def _random_matrix(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
     kind = rng.integers(0, 6)
-    if kind == 0:    # continuous, like real CLIP cosines
+    if kind == 0:  # continuous, like real CLIP cosines
         a = rng.normal(0.2, 0.06, (n, m))
     elif kind == 1:  # few distinct values: ties everywhere, values on the threshold
         a = rng.choice([0.1, 0.15, 0.2, 0.3], (n, m))
@@ -104,7 +105,7 @@ def _random_matrix(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
         a = rng.random((n, m)) * 0.2
         if m:
             a[:, rng.integers(0, m)] += 0.3
-    else:            # negatives and values in float32's last bits around the threshold
+    else:  # negatives and values in float32's last bits around the threshold
         a = np.float32(0.15) + rng.integers(-3, 4, (n, m)) * np.finfo(np.float32).eps * 0.1
     return a.astype(np.float32)
 
@@ -135,9 +136,9 @@ def test_batch_solver_matches_assign_images_exactly(seed, rule):
 
 
 def test_batch_solver_takes_the_argmax_fast_path_only_when_it_is_the_unique_optimum():
-    distinct = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)           # argmax 0, 1: no solver
-    clash = np.array([[0.9, 0.8], [0.7, 0.2]], np.float32)              # both want 0: solver
-    tie = np.array([[0.5, 0.5, 0.1]], np.float32)                       # one image, tied: solver
+    distinct = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)  # argmax 0, 1: no solver
+    clash = np.array([[0.9, 0.8], [0.7, 0.2]], np.float32)  # both want 0: solver
+    tie = np.array([[0.5, 0.5, 0.1]], np.float32)  # one image, tied: solver
     mats = [distinct, clash, tie]
     got = assign_flat(np.concatenate([a.ravel() for a in mats]), [2, 2, 1], [2, 2, 3])
     assert got.docs_solved == 2
@@ -155,13 +156,23 @@ def _clip_scores_frame(rng: np.random.Generator, docs: int) -> pl.DataFrame:
     rows = []
     for d in range(docs):
         n, m = int(rng.integers(0, 7)), int(rng.integers(1, 9))
-        rows.append({
-            "doc_id": f"s:{d}", "url": f"https://example.com/{d}",
-            "text_list": [f"sentence {d}.{j}" for j in range(m)],
-            "images": [{"image_index": i * 2, "image_name": f"{d:04d}{i}.jpg", "raw_url": f"https://x/{d}/{i}.jpg",
-                        "phash": f"{d * 7 + i:016x}"} for i in range(n)],
-            "similarity_matrix": _random_matrix(rng, n, m).tolist(),
-        })
+        rows.append(
+            {
+                "doc_id": f"s:{d}",
+                "url": f"https://example.com/{d}",
+                "text_list": [f"sentence {d}.{j}" for j in range(m)],
+                "images": [
+                    {
+                        "image_index": i * 2,
+                        "image_name": f"{d:04d}{i}.jpg",
+                        "raw_url": f"https://x/{d}/{i}.jpg",
+                        "phash": f"{d * 7 + i:016x}",
+                    }
+                    for i in range(n)
+                ],
+                "similarity_matrix": _random_matrix(rng, n, m).tolist(),
+            }
+        )
     return pl.DataFrame(rows, schema=CLIP_SCORES_SCHEMA)
 
 
@@ -172,8 +183,7 @@ def test_assign_frame_matches_assign_document_row_by_row(seed, rule):
     frame = _clip_scores_frame(rng, 200)
     for min_sim in (0.15, 0.2, -1.0):
         images = StepStats()
-        want = [r for r in (assign_document(row, min_sim, images, rule) for row in frame.iter_rows(named=True))
-                if r]
+        want = [r for r in (assign_document(row, min_sim, images, rule) for row in frame.iter_rows(named=True)) if r]
         got = assign_frame(frame, min_sim, rule)
         assert got.frame.schema == pl.Schema(ASSIGNMENTS_SCHEMA)
         assert got.frame.to_dicts() == pl.DataFrame(want, schema=ASSIGNMENTS_SCHEMA).to_dicts()
@@ -184,7 +194,7 @@ def test_assign_frame_matches_assign_document_row_by_row(seed, rule):
 
 def test_assign_frame_handles_slices_and_empty_batches():
     frame = _clip_scores_frame(np.random.default_rng(7), 50)
-    part = frame.slice(13, 20)   # arrow offsets that do not start at 0
+    part = frame.slice(13, 20)  # arrow offsets that do not start at 0
     images = StepStats()
     want = [r for r in (assign_document(row, 0.15, images) for row in part.iter_rows(named=True)) if r]
     assert assign_frame(part, 0.15).frame.to_dicts() == pl.DataFrame(want, schema=ASSIGNMENTS_SCHEMA).to_dicts()
@@ -194,6 +204,7 @@ def test_assign_frame_handles_slices_and_empty_batches():
 
 def test_assign_frame_rejects_a_matrix_that_is_not_images_x_sentences():
     frame = _clip_scores_frame(np.random.default_rng(3), 5).with_columns(
-        pl.col("text_list").list.concat(pl.lit(["one more"])))
+        pl.col("text_list").list.concat(pl.lit(["one more"]))
+    )
     with pytest.raises(ValueError, match="not images x sentences"):
         assign_frame(frame, 0.15)

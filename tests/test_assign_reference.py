@@ -12,22 +12,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from mmc4_reference import reference_assignment
 
 from mmc4_assets.assign import assign_images
 from mmc4_assets.assign.batch import assign_flat
 from mmc4_assets.assign.linear import MMC4, THRESHOLDED_ARGMAX
+from mmc4_reference import reference_assignment
 
 F32_EPS = float(np.finfo(np.float32).eps)
-KINDS = ("ties", "all_below", "more_images", "one_by_one", "zero_sentences", "near_threshold",
-         "continuous", "one_column_wanted")
+KINDS = (
+    "ties",
+    "all_below",
+    "more_images",
+    "one_by_one",
+    "zero_sentences",
+    "near_threshold",
+    "continuous",
+    "one_column_wanted",
+)
 
 
 def _matrix(rng: np.random.Generator, kind: str) -> np.ndarray:
     n, m = int(rng.integers(1, 7)), int(rng.integers(1, 8))
     if kind == "ties":
         a = rng.choice([0.1, 0.15, 0.2, 0.3], (n, m))
-    elif kind == "all_below":      # some rows entirely below the threshold, others not
+    elif kind == "all_below":  # some rows entirely below the threshold, others not
         a = rng.random((n, m)) * 0.149
         a[rng.random(n) < 0.4] += 0.1
     elif kind == "more_images":
@@ -42,7 +50,7 @@ def _matrix(rng: np.random.Generator, kind: str) -> np.ndarray:
         a = np.float32(0.15) + rng.integers(-3, 4, (n, m)) * F32_EPS * 0.1
     elif kind == "continuous":
         a = rng.normal(0.16, 0.05, (n, m))
-    else:                            # every image wants the same sentence
+    else:  # every image wants the same sentence
         a = rng.random((n, m)) * 0.2
         a[:, rng.integers(0, m)] += 0.2
     return a.astype(np.float32)
@@ -55,12 +63,16 @@ def _cases(seed: int, per_kind: int) -> list[tuple[str, np.ndarray]]:
 
 def _same(ref, kept, matched, matched_sim, surplus) -> bool:
     r_kept, r_matched, r_sim, r_surplus = ref
-    return (r_kept == kept.tolist() and r_matched == matched.tolist() and r_surplus == surplus.tolist()
-            and np.array_equal(np.array(r_sim, dtype=np.float64), matched_sim, equal_nan=True))
+    return (
+        r_kept == kept.tolist()
+        and r_matched == matched.tolist()
+        and r_surplus == surplus.tolist()
+        and np.array_equal(np.array(r_sim, dtype=np.float64), matched_sim, equal_nan=True)
+    )
 
 
 def test_matches_the_mmc4_transcription_on_10000_matrices():
-    cases = _cases(seed=16, per_kind=1300)   # 8 kinds x 1300 = 10,400 matrices
+    cases = _cases(seed=16, per_kind=1300)  # 8 kinds x 1300 = 10,400 matrices
     counts, per_doc_diff, batch_diff = Counter(), [], []
     refs = [reference_assignment(a, 0.15) for _, a in cases]
     for (kind, a), ref in zip(cases, refs):
@@ -68,13 +80,13 @@ def test_matches_the_mmc4_transcription_on_10000_matrices():
         got = assign_images(a, 0.15)
         if not _same(ref, got.kept, got.matched_text_index, got.matched_sim, got.surplus):
             per_doc_diff.append((kind, a.tolist()))
-    for start in range(0, len(cases), 500):   # the batch solver, 500 documents per batch
-        chunk = cases[start:start + 500]
+    for start in range(0, len(cases), 500):  # the batch solver, 500 documents per batch
+        chunk = cases[start : start + 500]
         n = np.array([a.shape[0] for _, a in chunk])
         m = np.array([a.shape[1] for _, a in chunk])
         got = assign_flat(np.concatenate([a.ravel() for _, a in chunk]), n, m, 0.15)
         row = 0
-        for (kind, a), ref in zip(chunk, refs[start:start + 500]):
+        for (kind, a), ref in zip(chunk, refs[start : start + 500]):
             sl = slice(row, row + a.shape[0])
             if not _same(ref, got.kept[sl], got.matched_text_index[sl], got.matched_sim[sl], got.surplus[sl]):
                 batch_diff.append((kind, a.tolist()))
@@ -82,23 +94,29 @@ def test_matches_the_mmc4_transcription_on_10000_matrices():
     assert sum(counts.values()) >= 10_000 and min(counts.values()) >= 1000, counts
     assert per_doc_diff == [] and batch_diff == []
     # the generator does reach the cases the issue names
-    assert any(r[3].count(True) for r in refs)                      # argmax surplus happened
-    assert any(not any(r[0]) for r in refs)                         # documents losing every image
+    assert any(r[3].count(True) for r in refs)  # argmax surplus happened
+    assert any(not any(r[0]) for r in refs)  # documents losing every image
     assert any(s < 0.15 for r in refs for s in r[2] if not np.isnan(s))  # pairs below 0.15 chosen
 
 
 def test_tie_heavy_batches_match_the_transcription_at_other_thresholds():
     rng = np.random.default_rng(3)
     for min_sim in (0.1, 0.2, -1.0):
-        mats = [rng.choice([0.1, 0.2, 0.2, 0.3], (int(rng.integers(0, 6)), int(rng.integers(0, 6))))
-                for _ in range(300)]
+        mats = [
+            rng.choice([0.1, 0.2, 0.2, 0.3], (int(rng.integers(0, 6)), int(rng.integers(0, 6)))) for _ in range(300)
+        ]
         n, m = np.array([a.shape[0] for a in mats]), np.array([a.shape[1] for a in mats])
         got = assign_flat(np.concatenate([a.ravel() for a in mats]), n, m, min_sim)
         row = 0
         for a in mats:
             sl = slice(row, row + a.shape[0])
-            assert _same(reference_assignment(a, min_sim), got.kept[sl], got.matched_text_index[sl],
-                         got.matched_sim[sl], got.surplus[sl])
+            assert _same(
+                reference_assignment(a, min_sim),
+                got.kept[sl],
+                got.matched_text_index[sl],
+                got.matched_sim[sl],
+                got.surplus[sl],
+            )
             row += a.shape[0]
 
 
@@ -128,6 +146,7 @@ def test_unknown_rule_is_refused():
 
 # -- properties ---------------------------------------------------------------------------
 
+
 def _best_total(sim: np.ndarray) -> float:
     """The optimum by brute force over every injective placement (small matrices only)."""
     n, m = sim.shape
@@ -137,8 +156,7 @@ def _best_total(sim: np.ndarray) -> float:
 
 
 _values = st.sampled_from([0.0, 0.1, 0.14, 0.15, 0.16, 0.2, 0.3]) | st.floats(-0.25, 0.5, width=32)
-_matrices = hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=5),
-                       elements=_values)
+_matrices = hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=5), elements=_values)
 
 
 @settings(max_examples=300, deadline=None)

@@ -9,7 +9,9 @@ from mmc4_assets.defs.resources import ShardSource
 
 
 def _touch_shard(root, key):
-    (root / f"{key}.json.gz").write_bytes(gzip.compress(b'{"text": "A.", "timestamp": "t", "url": "https://a.test/"}\n'))
+    (root / f"{key}.json.gz").write_bytes(
+        gzip.compress(b'{"text": "A.", "timestamp": "t", "url": "https://a.test/"}\n')
+    )
 
 
 def test_sensor_registers_new_shards_and_requests_runs(tmp_path):
@@ -30,8 +32,10 @@ def test_sensor_registers_new_shards_and_requests_runs(tmp_path):
 
 
 def test_sensor_skips_when_nothing_is_new(tmp_path):
-    result = shard_discovery_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()),
-                                    source=ShardSource(shards_root=str(tmp_path / "missing")))
+    result = shard_discovery_sensor(
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()),
+        source=ShardSource(shards_root=str(tmp_path / "missing")),
+    )
     assert not result.run_requests and "no new shards" in str(result.skip_reason)
 
 

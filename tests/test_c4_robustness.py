@@ -47,22 +47,27 @@ def _run_shard(tmp_path, data: bytes, max_line_bytes: int | None = None):
     store = ShardStore(tmp_path / "store")
     docs, imgs = StepStats(), StepStats()
     kw = {"max_line_bytes": max_line_bytes} if max_line_bytes else {}
-    with store.table_writer("raw_c4_quarantine", "s", QUARANTINE_SCHEMA) as q, \
-            store.table_writer("raw_c4", "s", RAW_C4_SCHEMA) as out:
-        for row in document_rows(iter_c4_lines(io.BytesIO(data), **kw), PAGES, "s", UrlFilter(),
-                                 docs, imgs, q.append):
+    with (
+        store.table_writer("raw_c4_quarantine", "s", QUARANTINE_SCHEMA) as q,
+        store.table_writer("raw_c4", "s", RAW_C4_SCHEMA) as out,
+    ):
+        for row in document_rows(iter_c4_lines(io.BytesIO(data), **kw), PAGES, "s", UrlFilter(), docs, imgs, q.append):
             out.append(row)
     return store.read_table("raw_c4", "s"), store.read_table("raw_c4_quarantine", "s"), docs
 
 
 def test_lone_surrogate_is_quarantined_and_the_shard_still_writes(tmp_path):
     # valid JSON, invalid Unicode: no UTF-8 writer can store "\ud800"
-    lines = [_doc(), '{"text": "\\ud800 Broken. Text.", "timestamp": "t", "url": "https://site.test/post"}',
-             '{"text": "x", "timestamp": "t", "url": "https://site.test/\\udfff"}', _doc("Three. Four.")]
+    lines = [
+        _doc(),
+        '{"text": "\\ud800 Broken. Text.", "timestamp": "t", "url": "https://site.test/post"}',
+        '{"text": "x", "timestamp": "t", "url": "https://site.test/\\udfff"}',
+        _doc("Three. Four."),
+    ]
     docs, quarantine, stats = _run_shard(tmp_path, gzip.compress("\n".join(lines).encode()))
     assert docs["line_no"].to_list() == [0, 3]
     assert quarantine.select("line_no", "reason").rows() == [(1, "invalid_unicode"), (2, "invalid_unicode")]
-    assert quarantine["raw"][0].startswith('{"text": "\\ud800')   # the evidence, as escaped in the source
+    assert quarantine["raw"][0].startswith('{"text": "\\ud800')  # the evidence, as escaped in the source
     assert quarantine["url"].to_list() == [None, None]
     assert stats.seen == len(lines)
 
@@ -77,14 +82,13 @@ def test_deeply_nested_json_is_quarantined_not_a_recursion_error(tmp_path):
 
 def test_oversized_line_is_skipped_in_bounded_reads_and_the_next_line_is_kept(tmp_path):
     big = _doc("Word. " * 5000)
-    docs, quarantine, _ = _run_shard(tmp_path, gzip.compress(f"{big}\n{_doc()}".encode()),
-                                     max_line_bytes=4096)
+    docs, quarantine, _ = _run_shard(tmp_path, gzip.compress(f"{big}\n{_doc()}".encode()), max_line_bytes=4096)
     assert quarantine.select("line_no", "reason").rows() == [(0, "oversized_line")]
     assert docs["line_no"].to_list() == [1]
 
 
 def test_a_file_that_is_not_gzip_has_its_own_reason(tmp_path):
-    docs, quarantine, _ = _run_shard(tmp_path, (_doc() + "\n").encode())   # plain jsonl
+    docs, quarantine, _ = _run_shard(tmp_path, (_doc() + "\n").encode())  # plain jsonl
     assert quarantine["reason"].to_list() == ["not_gzip"] and docs.height == 0
     assert "not a gzip file" in quarantine["raw"][0]
 
@@ -103,7 +107,7 @@ def test_truncated_source_names_the_file_and_the_byte_offset(tmp_path):
 
 def test_corrupt_deflate_data_is_corrupt_source_and_earlier_lines_stay():
     data = bytearray(gzip.compress("".join(_doc(f"Doc {i}.") + "\n" for i in range(2000)).encode(), 1))
-    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
     parsed = list(iter_c4_lines(io.BytesIO(bytes(data))))
     assert parsed[-1].error in ("corrupt_source", "truncated_source")
     assert "compressed byte" in parsed[-1].raw.decode()
@@ -111,9 +115,15 @@ def test_corrupt_deflate_data_is_corrupt_source_and_earlier_lines_stay():
 
 def _frames(reasons: list[str], raw: list[str | None] | None = None):
     docs = pl.DataFrame(schema=RAW_C4_SCHEMA)
-    quarantine = pl.DataFrame({"line_no": list(range(len(reasons))), "url": [None] * len(reasons),
-                               "reason": reasons, "raw": raw or [None] * len(reasons)},
-                              schema=QUARANTINE_SCHEMA)
+    quarantine = pl.DataFrame(
+        {
+            "line_no": list(range(len(reasons))),
+            "url": [None] * len(reasons),
+            "reason": reasons,
+            "raw": raw or [None] * len(reasons),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
     return docs, quarantine
 
 
@@ -121,8 +131,9 @@ def test_zero_documents_fail_with_words_and_counts():
     docs, quarantine = _frames(["no_page_record"] * 34 + ["missing_field"] * 6)
     out = raw_c4_rules(docs, quarantine, 40)
     assert not out.passed
-    assert out.describe() == ("0 documents: 40 of 40 lines quarantined (no_page_record 34, missing_field 6). "
-                              "Failing: no document to pass on")
+    assert out.describe() == (
+        "0 documents: 40 of 40 lines quarantined (no_page_record 34, missing_field 6). Failing: no document to pass on"
+    )
 
 
 def test_truncated_source_blocks_unless_allowed_and_the_metadata_says_so():
@@ -146,9 +157,14 @@ def _materialize(tmp_path, data: bytes, quality: DataQuality | None = None, conf
         resources["quality"] = quality
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, [SHARD])
-    result = dg.materialize([raw_c4, raw_c4_documents_well_formed], partition_key=SHARD, instance=instance,
-                            resources=resources, raise_on_error=False,
-                            run_config={"ops": {"raw_c4": {"config": config.model_dump()}}} if config else None)
+    result = dg.materialize(
+        [raw_c4, raw_c4_documents_well_formed],
+        partition_key=SHARD,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config={"ops": {"raw_c4": {"config": config.model_dump()}}} if config else None,
+    )
     (check,) = result.get_asset_check_evaluations()
     return check
 
@@ -178,12 +194,15 @@ def test_empty_and_all_blocked_shards_fail_in_words(tmp_path, sample_bytes):
     assert "no document to pass on" in empty.description
     assert "table has 0 rows, expected at least 1" in empty.description
 
-    blocked = _materialize(tmp_path / "blocked", sample_bytes, DataQuality(gx_enabled=False),
-                           RawC4Config(blocked_keywords=["http"]))
+    blocked = _materialize(
+        tmp_path / "blocked", sample_bytes, DataQuality(gx_enabled=False), RawC4Config(blocked_keywords=["http"])
+    )
     assert not blocked.passed
     assert blocked.description.startswith("0 documents: ")
-    assert "no_candidate_images" in blocked.description and "image URLs pass the URL filter (keyword" \
-        in blocked.description
+    assert (
+        "no_candidate_images" in blocked.description
+        and "image URLs pass the URL filter (keyword" in blocked.description
+    )
 
 
 def test_sample_shard_copy_in_a_temp_dir_still_passes(tmp_path, sample_bytes):
@@ -197,17 +216,31 @@ def test_other_stages_and_expectations_fail_in_words():
     from mmc4_assets.quality.messages import expectation_message
     from mmc4_assets.quality.rules import fetched_images_rules
 
-    fetched = pl.DataFrame({"doc_id": ["s:0"] * 12, "image_index": list(range(12)),
-                            "raw_url": [f"u{i}" for i in range(12)],
-                            "status": ["http_404"] * 10 + ["timeout"] * 2, "image_name": [None] * 12,
-                            "phash": [None] * 12, "orig_width": [None] * 12, "orig_height": [None] * 12,
-                            "width": [None] * 12, "height": [None] * 12},
-                           schema_overrides={c: pl.Int32 for c in ("orig_width", "orig_height", "width", "height")}
-                           | {"image_name": pl.String, "phash": pl.String})
+    fetched = pl.DataFrame(
+        {
+            "doc_id": ["s:0"] * 12,
+            "image_index": list(range(12)),
+            "raw_url": [f"u{i}" for i in range(12)],
+            "status": ["http_404"] * 10 + ["timeout"] * 2,
+            "image_name": [None] * 12,
+            "phash": [None] * 12,
+            "orig_width": [None] * 12,
+            "orig_height": [None] * 12,
+            "width": [None] * 12,
+            "height": [None] * 12,
+        },
+        schema_overrides={c: pl.Int32 for c in ("orig_width", "orig_height", "width", "height")}
+        | {"image_name": pl.String, "phash": pl.String},
+    )
     raw = pl.DataFrame({"image_urls": [[f"u{i}" for i in range(12)]]})
     assert fetched_images_rules(fetched, raw, 150, 2.0, 800).describe() == (
-        "0 of 12 candidate images fetched ok (http_404 10, timeout 2). Failing: no candidate image was fetched ok")
-    assert expectation_message("expect_column_values_to_be_between", "n_candidates", {"min_value": 1}, 3, None) \
+        "0 of 12 candidate images fetched ok (http_404 10, timeout 2). Failing: no candidate image was fetched ok"
+    )
+    assert (
+        expectation_message("expect_column_values_to_be_between", "n_candidates", {"min_value": 1}, 3, None)
         == "3 row(s) with n_candidates not at least 1"
-    assert expectation_message("expect_table_row_count_to_equal", None, {"value": 5}, None, 4) == \
-        "table has 4 rows, expected 5"
+    )
+    assert (
+        expectation_message("expect_table_row_count_to_equal", None, {"value": 5}, None, 4)
+        == "table has 4 rows, expected 5"
+    )

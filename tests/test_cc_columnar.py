@@ -12,8 +12,6 @@ from collections import Counter
 import dagster as dg
 import polars as pl
 import pytest
-from test_cc_index import COLLECTION, CRAWL_BUCKET, FILES, SHARD, build_cdx
-from test_s3_support import s3_server  # noqa: F401  (fixture)
 
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.raw_c4 import raw_c4
@@ -26,6 +24,8 @@ from mmc4_assets.pages.cc_columnar import ColumnarIndex
 from mmc4_assets.pages.join import Location, join_shard_pages
 from mmc4_assets.sample.server import sample_page_archives, sample_shard_path
 from mmc4_assets.storage import ShardStore
+from test_cc_index import COLLECTION, CRAWL_BUCKET, FILES, SHARD, build_cdx
+from test_s3_support import s3_server  # noqa: F401  (fixture)
 
 INDEX_KEY = f"cc-index/table/cc-main/warc/crawl={COLLECTION}/subset=warc/part-00000.parquet"
 
@@ -38,13 +38,21 @@ def columnar_rows():
     rows = []
     for r in build_cdx(sample_page_archives()):
         start, length = int(r["offset"]), int(r["length"])
-        record = io.BytesIO(by_cc_name[r["filename"]][start:start + length])
+        record = io.BytesIO(by_cc_name[r["filename"]][start : start + length])
         if "/wat/" in r["filename"] and next(iter_page_records(record), None) is None:
             continue
-        rows.append({"url": r["url"], "url_surtkey": r["urlkey"], "fetch_time": parse_time(r["timestamp"]),
-                     "fetch_status": int(r["status"] or 0), "content_mime_detected": r["mime"] or "text/html",
-                     "warc_filename": r["filename"], "warc_record_offset": int(r["offset"]),
-                     "warc_record_length": int(r["length"])})
+        rows.append(
+            {
+                "url": r["url"],
+                "url_surtkey": r["urlkey"],
+                "fetch_time": parse_time(r["timestamp"]),
+                "fetch_status": int(r["status"] or 0),
+                "content_mime_detected": r["mime"] or "text/html",
+                "warc_filename": r["filename"],
+                "warc_record_offset": int(r["offset"]),
+                "warc_record_length": int(r["length"]),
+            }
+        )
     return rows
 
 
@@ -55,14 +63,23 @@ def crawl_index(s3_server):
     for path in sample_page_archives():
         client.upload_file(str(path), CRAWL_BUCKET, FILES[path.name])
     rows = columnar_rows()
-    page = next(r for r in rows if r["warc_filename"].endswith(".warc.gz") and r["fetch_status"] == 200
-                and "html" in r["content_mime_detected"])
+    page = next(
+        r
+        for r in rows
+        if r["warc_filename"].endswith(".warc.gz") and r["fetch_status"] == 200 and "html" in r["content_mime_detected"]
+    )
     other = next(r for r in rows if r["url"] != page["url"] and r["fetch_status"] == 200)
     import datetime as dt
 
     # decoys for page["url"]: a 404 captured closer in time, a 200 three years away holding another page
-    rows.append({**page, "fetch_status": 404, "warc_record_offset": other["warc_record_offset"],
-                 "warc_record_length": other["warc_record_length"]})
+    rows.append(
+        {
+            **page,
+            "fetch_status": 404,
+            "warc_record_offset": other["warc_record_offset"],
+            "warc_record_length": other["warc_record_length"],
+        }
+    )
     rows.append({**other, "url": page["url"], "fetch_time": page["fetch_time"] - dt.timedelta(days=1100)})
     buf = io.BytesIO()
     pl.DataFrame(rows).with_columns(pl.col("fetch_status").cast(pl.Int16)).write_parquet(buf)
@@ -71,8 +88,12 @@ def crawl_index(s3_server):
 
 
 def _config(s3_server, **kw):
-    return CommonCrawlConfig(columnar_index=[f"s3://{CRAWL_BUCKET}/cc-index/table/cc-main/warc/*/*/*.parquet"],
-                             archive_root=f"s3://{CRAWL_BUCKET}/", endpoint_url=s3_server.endpoint, **kw)
+    return CommonCrawlConfig(
+        columnar_index=[f"s3://{CRAWL_BUCKET}/cc-index/table/cc-main/warc/*/*/*.parquet"],
+        archive_root=f"s3://{CRAWL_BUCKET}/",
+        endpoint_url=s3_server.endpoint,
+        **kw,
+    )
 
 
 def test_columnar_join_reads_each_warc_file_once(crawl_index, s3_server, tmp_path, monkeypatch):
@@ -88,8 +109,9 @@ def test_columnar_join_reads_each_warc_file_once(crawl_index, s3_server, tmp_pat
     assert index.files == (f"s3://{CRAWL_BUCKET}/{INDEX_KEY}",)
     # threads of this process, so the counting opener is the one the tasks call
     with dask_client(EngineSettings(n_workers=1, threads_per_worker=2, processes=False)) as client:
-        report = join_shard_pages(client, {SHARD: Location(str(sample_shard_path()))}, [],
-                                  Location(str(tmp_path)), cc=index)
+        report = join_shard_pages(
+            client, {SHARD: Location(str(sample_shard_path()))}, [], Location(str(tmp_path)), cc=index
+        )
     assert set(opened) == set(FILES.values()) and set(opened.values()) == {1}
     table = ShardStore(tmp_path).read_table("shard_pages", SHARD)
     assert report.per_shard[SHARD]["docs_matched_cc"] == table.height > 0
@@ -103,16 +125,18 @@ def test_raw_c4_from_the_columnar_index_matches_raw_c4_from_archives(crawl_index
     local_root, cc_root = tmp_path / "local", tmp_path / "cc"
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, [SHARD])
-    local = dg.materialize([raw_c4], partition_key=SHARD, instance=instance,
-                           resources=sample_resources(str(local_root)))
+    local = dg.materialize(
+        [raw_c4], partition_key=SHARD, instance=instance, resources=sample_resources(str(local_root))
+    )
     resources = sample_resources(str(cc_root), page_archives=[], common_crawl=_config(s3_server))
-    via_index = dg.materialize([shard_pages, raw_c4], partition_key=SHARD, instance=instance,
-                               resources=resources)
+    via_index = dg.materialize([shard_pages, raw_c4], partition_key=SHARD, instance=instance, resources=resources)
     assert local.success and via_index.success
-    md = {m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
-          for m in via_index.get_asset_materialization_events()}
+    md = {
+        m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
+        for m in via_index.get_asset_materialization_events()
+    }
     assert md["raw_c4"]["page_lookup"].value == "shard_pages"
-    assert "cc_pages_kept" not in md["raw_c4"]          # no CDX call: the columnar index answered
+    assert "cc_pages_kept" not in md["raw_c4"]  # no CDX call: the columnar index answered
     assert md["shard_pages"]["columnar_index_files"].value == 1
     want = ShardStore(local_root).read_table("raw_c4", SHARD).drop("page_source")
     got = ShardStore(cc_root).read_table("raw_c4", SHARD).drop("page_source")

@@ -15,12 +15,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
 import pytest
-from test_s3_support import s3_server  # noqa: F401  (fixture)
 from warcio.archiveiterator import ArchiveIterator
 
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.raw_c4 import raw_c4, raw_c4_documents_well_formed
-from mmc4_assets.pages.recovery import CC_PAGES_TABLE
 from mmc4_assets.defs.resources import CommonCrawlConfig, sample_resources
 from mmc4_assets.pages.archives import normalize_url
 from mmc4_assets.pages.cc_index import (
@@ -31,9 +29,11 @@ from mmc4_assets.pages.cc_index import (
     cdx_timestamp,
     choose_capture,
 )
+from mmc4_assets.pages.recovery import CC_PAGES_TABLE
 from mmc4_assets.sample.server import sample_page_archives
 from mmc4_assets.stats import StepStats
 from mmc4_assets.storage import ShardStore
+from test_s3_support import s3_server  # noqa: F401  (fixture)
 
 SHARD = "c4-sample.00000-of-00001"
 COLLECTION = "CC-MAIN-2019-18"
@@ -59,14 +59,23 @@ def build_cdx(paths) -> list[dict]:
                     mime = (record.http_headers.get_header("Content-Type") or "").split(";")[0]
                     status = record.http_headers.get_statuscode()
                 elif kind == "metadata":
-                    mime, status = "text/html", "200"   # a WAT envelope describes an HTML response
+                    mime, status = "text/html", "200"  # a WAT envelope describes an HTML response
                 record.content_stream().read()
                 if kind not in ("response", "metadata") or not url:
                     continue
                 date = record.rec_headers.get_header("WARC-Date")
-                rows.append({"urlkey": normalize_url(url), "timestamp": cdx_timestamp(date), "url": url,
-                             "mime": mime, "status": status, "filename": FILES[path.name],
-                             "offset": str(it.get_record_offset()), "length": str(it.get_record_length())})
+                rows.append(
+                    {
+                        "urlkey": normalize_url(url),
+                        "timestamp": cdx_timestamp(date),
+                        "url": url,
+                        "mime": mime,
+                        "status": status,
+                        "filename": FILES[path.name],
+                        "offset": str(it.get_record_offset()),
+                        "length": str(it.get_record_length()),
+                    }
+                )
     return rows
 
 
@@ -117,8 +126,7 @@ class CdxServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -146,16 +154,26 @@ def crawl(s3_server):
 
 
 def _cc_config(s3_server, server, **kw) -> CommonCrawlConfig:
-    return CommonCrawlConfig(index_url=server.url, collections=[COLLECTION],
-                             archive_root=f"s3://{CRAWL_BUCKET}/", endpoint_url=s3_server.endpoint,
-                             concurrency=4, **kw)
+    return CommonCrawlConfig(
+        index_url=server.url,
+        collections=[COLLECTION],
+        archive_root=f"s3://{CRAWL_BUCKET}/",
+        endpoint_url=s3_server.endpoint,
+        concurrency=4,
+        **kw,
+    )
 
 
 def _run_raw_c4(resources):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, [SHARD])
-    return dg.materialize([raw_c4, raw_c4_documents_well_formed], partition_key=SHARD,
-                          instance=instance, resources=resources, raise_on_error=False)
+    return dg.materialize(
+        [raw_c4, raw_c4_documents_well_formed],
+        partition_key=SHARD,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
 
 
 def test_capture_choice_and_timestamps():
@@ -164,8 +182,12 @@ def test_capture_choice_and_timestamps():
 
     assert cdx_timestamp("2019-04-25T12:57:54Z") == "20190425125754"
     assert cdx_timestamp(None) is None and cdx_timestamp("soon") is None
-    caps = [cap("20190101000000"), cap("20190420000000"), cap("20190425000000", status="404"),
-            cap("20190426000000", mime="image/jpeg")]
+    caps = [
+        cap("20190101000000"),
+        cap("20190420000000"),
+        cap("20190425000000", status="404"),
+        cap("20190426000000", mime="image/jpeg"),
+    ]
     assert choose_capture(caps, "20190425125754").timestamp == "20190420000000"
     assert choose_capture(caps, None).timestamp == "20190101000000"
     assert choose_capture(caps[2:], "20190425125754") is None
@@ -190,10 +212,15 @@ def test_bounded_map_keeps_at_most_n_in_flight():
 def test_lookups_run_concurrently_and_failures_are_counted(crawl, s3_server):
     server, rows = crawl
     page_urls = sorted({r["url"] for r in rows if r["filename"].endswith(".warc.gz")})[:6]
-    settings = CommonCrawlSettings(index_url=server.url, collections=(COLLECTION,),
-                                   archive_root=f"s3://{CRAWL_BUCKET}/",
-                                   storage_options={"endpoint_url": s3_server.endpoint},
-                                   concurrency=4, retries=1, backoff=0.01)
+    settings = CommonCrawlSettings(
+        index_url=server.url,
+        collections=(COLLECTION,),
+        archive_root=f"s3://{CRAWL_BUCKET}/",
+        storage_options={"endpoint_url": s3_server.endpoint},
+        concurrency=4,
+        retries=1,
+        backoff=0.01,
+    )
     server.fail_urls = {page_urls[0]}
     wanted = {normalize_url(u): (u, "2019-04-25T00:00:00Z") for u in page_urls}
     wanted["https://nowhere.test/"] = ("https://nowhere.test/", None)
@@ -204,8 +231,8 @@ def test_lookups_run_concurrently_and_failures_are_counted(crawl, s3_server):
             results = {r.key: r for r in cc.lookup_many(wanted, stats)}
     finally:
         server.fail_urls = set()
-    assert server.max_in_flight > 1                      # not one sequential round trip per URL
-    assert server.requests - before == len(wanted) + 1   # the 503 was retried once
+    assert server.max_in_flight > 1  # not one sequential round trip per URL
+    assert server.requests - before == len(wanted) + 1  # the 503 was retried once
     assert results[normalize_url(page_urls[0])].error == "index_error"
     assert results["https://nowhere.test/"].page is None and results["https://nowhere.test/"].error is None
     assert stats.dropped == {"index_error": 1, "not_in_crawl": 1}
@@ -219,8 +246,9 @@ def test_raw_c4_from_common_crawl_matches_raw_c4_from_archives(crawl, s3_server,
     s3_server.create_bucket(OUT_BUCKET)
     local = _run_raw_c4(sample_resources(str(tmp_path)))
     root = f"s3://{OUT_BUCKET}/cc-run"
-    resources = sample_resources(root, page_archives=[], s3=s3_server.s3_resource(),
-                                 common_crawl=_cc_config(s3_server, server))
+    resources = sample_resources(
+        root, page_archives=[], s3=s3_server.s3_resource(), common_crawl=_cc_config(s3_server, server)
+    )
     before = server.requests
     via_cc = _run_raw_c4(resources)
     assert local.success and via_cc.success

@@ -10,15 +10,29 @@ from PIL import Image
 
 from mmc4_assets.clip.encoder import ClipEncoder, ClipSpec, decode_rgb, resolve_precision
 from mmc4_assets.clip.scoring import LRU, DocImages, ShardScorer, score_documents
-from mmc4_assets.clip.shard import (CLIP_SCORES_SCHEMA, DigestSet, FetchedOrderError, ShardScoreStats,
-                                    join_fetched, score_shard)
+from mmc4_assets.clip.shard import (
+    CLIP_SCORES_SCHEMA,
+    DigestSet,
+    FetchedOrderError,
+    ShardScoreStats,
+    join_fetched,
+    score_shard,
+)
 from mmc4_assets.stats import StepStats
 
 
 @pytest.fixture(scope="module")
 def encoder():
-    return ClipEncoder(ClipSpec(model_name="mmc4-tiny-random", pretrained=None, device="cpu",
-                                batch_size=4, text_batch_size=5, fast_decode=False))
+    return ClipEncoder(
+        ClipSpec(
+            model_name="mmc4-tiny-random",
+            pretrained=None,
+            device="cpu",
+            batch_size=4,
+            text_batch_size=5,
+            fast_decode=False,
+        )
+    )
 
 
 def _jpeg(w, h, seed, mode="RGB", fmt="JPEG") -> bytes:
@@ -32,8 +46,12 @@ def _jpeg(w, h, seed, mode="RGB", fmt="JPEG") -> bytes:
     return buf.getvalue()
 
 
-BLOBS = {f"img{i}.jpg": _jpeg(w, h, i) for i, (w, h) in enumerate(
-    [(800, 600), (300, 450), (224, 224), (225, 500), (640, 640), (151, 300), (799, 401), (500, 250)])}
+BLOBS = {
+    f"img{i}.jpg": _jpeg(w, h, i)
+    for i, (w, h) in enumerate(
+        [(800, 600), (300, 450), (224, 224), (225, 500), (640, 640), (151, 300), (799, 401), (500, 250)]
+    )
+}
 BLOBS["gray.png"] = _jpeg(320, 240, 99, mode="L", fmt="PNG")
 
 
@@ -65,8 +83,9 @@ def test_streamlined_towers_compute_what_open_clip_computes(encoder):
     x = torch.randn(3, 3, 224, 224)
     tokens = encoder.tokenize(SENTENCES)
     with torch.inference_mode():
-        torch.testing.assert_close(encoder.model.encode_image(x, normalize=True),
-                                   pristine.encode_image(x, normalize=True), atol=2e-6, rtol=0)
+        torch.testing.assert_close(
+            encoder.model.encode_image(x, normalize=True), pristine.encode_image(x, normalize=True), atol=2e-6, rtol=0
+        )
         want = pristine.encode_text(tokens, normalize=True).numpy()
     np.testing.assert_allclose(encoder.encode_tokens(tokens), want, atol=2e-6)
 
@@ -82,8 +101,14 @@ def test_draft_decoding_stays_close_and_never_below_input_size():
         assert (x - exact).abs().mean() < 0.15, name
 
 
-SENTENCES = ["A short one.", "", "Tomatoes ripen faster next to bananas, which give off ethylene gas.",
-             "word " * 120, "Ünïcode, emoji 🍅 and punctuation!!!", "two words"]
+SENTENCES = [
+    "A short one.",
+    "",
+    "Tomatoes ripen faster next to bananas, which give off ethylene gas.",
+    "word " * 120,
+    "Ünïcode, emoji 🍅 and punctuation!!!",
+    "two words",
+]
 
 
 def test_sentences_cut_to_length_match_the_full_context(encoder):
@@ -128,7 +153,7 @@ def _docs(n_docs: int, seed: int = 0) -> list[DocImages]:
 def test_scorer_matches_a_per_document_computation_and_encodes_each_sentence_once(encoder):
     docs = _docs(30)
     with ShardScorer(encoder, BLOBS.__getitem__, decode_workers=2, lookahead=1) as scorer:
-        batches = [docs[i:i + 7] for i in range(0, len(docs), 7)]
+        batches = [docs[i : i + 7] for i in range(0, len(docs), 7)]
         out = list(scorer.score((k, b) for k, b in enumerate(batches)))
     assert [k for k, _ in out] == list(range(len(batches)))
     got = [m for _, scored in out for m in scored.similarity_matrices]
@@ -136,7 +161,7 @@ def test_scorer_matches_a_per_document_computation_and_encodes_each_sentence_onc
         assert matrix.shape == (len(doc.image_names), len(doc.text_list))
         np.testing.assert_allclose(matrix, _naive(doc, encoder), atol=2e-5)
     distinct = {s for d in docs for s in d.text_list}
-    assert sum(s.sentences_encoded for _, s in out) == len(distinct)          # shard-wide, not per batch
+    assert sum(s.sentences_encoded for _, s in out) == len(distinct)  # shard-wide, not per batch
     assert sum(s.images_encoded for _, s in out) == len({n for d in docs for n in d.image_names})
     assert scorer.timings["encode_images"] > 0 and scorer.timings["encode_sentences"] > 0
 
@@ -144,7 +169,7 @@ def test_scorer_matches_a_per_document_computation_and_encodes_each_sentence_onc
 def test_tiny_caches_still_give_the_same_numbers(encoder):
     docs = _docs(20, seed=1)
     with ShardScorer(encoder, BLOBS.__getitem__, sentence_cache_size=2, image_cache_size=1, lookahead=2) as scorer:
-        out = list(scorer.score((k, docs[k:k + 3]) for k in range(0, 20, 3)))
+        out = list(scorer.score((k, docs[k : k + 3]) for k in range(0, 20, 3)))
     # every batch comes back, in order, with one matrix per document: a scorer yielding
     # nothing (or dropping a batch) must fail here, not pass an empty comparison
     assert [k for k, _ in out] == list(range(0, 20, 3))
@@ -169,19 +194,30 @@ def test_lru_forgets_the_least_recently_used():
 
 # -- streaming merge-join ------------------------------------------------------------------
 
+
 def _raw(n_docs):
-    return pl.DataFrame({"doc_id": [f"s:{d}" for d in range(n_docs)],
-                         "url": [f"https://e.com/{d}" for d in range(n_docs)],
-                         "text_list": [[f"t{d}"] for d in range(n_docs)]})
+    return pl.DataFrame(
+        {
+            "doc_id": [f"s:{d}" for d in range(n_docs)],
+            "url": [f"https://e.com/{d}" for d in range(n_docs)],
+            "text_list": [[f"t{d}"] for d in range(n_docs)],
+        }
+    )
 
 
 def _fetched(spec):
     """spec: (doc, image_index, status) in file order."""
-    return pl.DataFrame({
-        "doc_id": [f"s:{d}" for d, _, _ in spec], "image_index": [i for _, i, _ in spec],
-        "image_name": [f"{d}-{i}.jpg" for d, i, _ in spec], "raw_url": [f"u{d}/{i}" for d, i, _ in spec],
-        "phash": ["0" * 16 for _ in spec], "status": [s for _, _, s in spec]},
-        schema_overrides={"image_index": pl.Int32})
+    return pl.DataFrame(
+        {
+            "doc_id": [f"s:{d}" for d, _, _ in spec],
+            "image_index": [i for _, i, _ in spec],
+            "image_name": [f"{d}-{i}.jpg" for d, i, _ in spec],
+            "raw_url": [f"u{d}/{i}" for d, i, _ in spec],
+            "phash": ["0" * 16 for _ in spec],
+            "status": [s for _, _, s in spec],
+        },
+        schema_overrides={"image_index": pl.Int32},
+    )
 
 
 def _batches(frame, size):
@@ -206,7 +242,7 @@ def test_join_fetched_equals_a_dict_join_for_any_batch_sizes(raw_size, fetched_s
         for doc in batch.doc_images():
             got[doc.doc_id] = doc.image_names
     assert got == want
-    assert list(got) == [d for d in raw["doc_id"] if d in want]       # raw_c4's order
+    assert list(got) == [d for d in raw["doc_id"] if d in want]  # raw_c4's order
     assert without == 25 - len(want)
 
 
@@ -222,9 +258,10 @@ def test_join_fetched_refuses_rows_out_of_document_order():
 
 def test_score_shard_streams_rows_and_stores_each_image_once(encoder):
     names = list(BLOBS)
-    spec = [(d, i, "ok") for d in range(12) for i in range(d % 3)]   # docs 0, 3, 6, 9 have no image
+    spec = [(d, i, "ok") for d in range(12) for i in range(d % 3)]  # docs 0, 3, 6, 9 have no image
     fetched = _fetched(spec).with_columns(
-        pl.Series("image_name", [names[(d + i) % 4] for d, i, _ in spec]))   # images shared across docs
+        pl.Series("image_name", [names[(d + i) % 4] for d, i, _ in spec])
+    )  # images shared across docs
     raw = _raw(12)
     stats, totals = StepStats(), ShardScoreStats()
     with ShardScorer(encoder, BLOBS.__getitem__) as scorer:
@@ -234,7 +271,7 @@ def test_score_shard_streams_rows_and_stores_each_image_once(encoder):
     assert scores.schema == pl.Schema(CLIP_SCORES_SCHEMA)
     assert scores["doc_id"].to_list() == [f"s:{d}" for d in range(12) if d % 3]
     assert stats.kept == 8 and stats.dropped["no_images_fetched"] == 4
-    assert sorted(features["image_name"]) == sorted(set(fetched["image_name"]))   # once per shard
+    assert sorted(features["image_name"]) == sorted(set(fetched["image_name"]))  # once per shard
     assert totals.images_scored == features.height
     for row in scores.iter_rows(named=True):
         assert np.asarray(row["similarity_matrix"]).shape == (len(row["images"]), len(row["text_list"]))
@@ -258,8 +295,8 @@ def test_digest_set_remembers_across_many_adds():
 def test_compile_auto_leaves_tiny_models_eager_and_falls_back_when_compiling_fails(encoder, monkeypatch):
     import mmc4_assets.clip.encoder as enc
 
-    assert not encoder.compiled                                  # 3.6M parameters: auto = off
-    assert enc.resolve_compile("auto", torch.nn.Linear(8000, 8000))   # 64M parameters: auto = on
+    assert not encoder.compiled  # 3.6M parameters: auto = off
+    assert enc.resolve_compile("auto", torch.nn.Linear(8000, 8000))  # 64M parameters: auto = on
     assert enc.resolve_compile("on", encoder.model) and not enc.resolve_compile("off", encoder.model)
     with pytest.raises(ValueError):
         enc.resolve_compile("sometimes", encoder.model)
@@ -267,6 +304,7 @@ def test_compile_auto_leaves_tiny_models_eager_and_falls_back_when_compiling_fai
     def broken_compile(fn, **kwargs):
         def run(*a, **k):
             raise RuntimeError("no C++ compiler")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)

@@ -4,8 +4,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mmc4_assets.dedup.blocklist import (BlocklistRule, band_layout, build_blocklist, load_blocklist, merge_sample,
-                                         near_pairs, sample_shards, shard_sample_candidates, update_image_blocklist)
+from mmc4_assets.dedup.blocklist import (
+    BlocklistRule,
+    band_layout,
+    build_blocklist,
+    load_blocklist,
+    merge_sample,
+    near_pairs,
+    sample_shards,
+    shard_sample_candidates,
+    update_image_blocklist,
+)
 from mmc4_assets.dedup.corpus_state import TableReader, read_affected
 from mmc4_assets.storage import ShardStore
 
@@ -27,21 +36,25 @@ def test_bands_cover_64_bits_and_any_pair_within_5_shares_one():
     found = near_pairs(base, near, 5)
     assert set(zip(base.tolist(), near.tolist())) <= set(zip(found["key"].to_list(), found["other"].to_list()))
     assert not set(zip(base.tolist(), far.tolist())) & set(
-        zip(*(near_pairs(base, far, 5)[c].to_list() for c in ("key", "other"))))
+        zip(*(near_pairs(base, far, 5)[c].to_list() for c in ("key", "other")))
+    )
 
 
 def test_near_pairs_equal_brute_force_on_clustered_hashes():
     centers = RNG.integers(0, 2**64 - 1, 20, dtype=np.uint64)
-    keys = np.unique(np.array([_flip(int(c), int(RNG.integers(0, 9)), RNG) for c in centers for _ in range(15)],
-                              dtype=np.uint64))
+    keys = np.unique(
+        np.array([_flip(int(c), int(RNG.integers(0, 9)), RNG) for c in centers for _ in range(15)], dtype=np.uint64)
+    )
     brute = {(int(a), int(b)) for a in keys for b in keys if (int(a) ^ int(b)).bit_count() <= 5}
     got = near_pairs(keys, keys, 5)
     assert set(zip(got["key"].to_list(), got["other"].to_list())) == brute
 
 
 def _sample(keys: list[int]) -> pl.DataFrame:
-    return pl.DataFrame({"priority": range(len(keys)), "key": keys, "shard": ["s"] * len(keys)},
-                        schema={"priority": pl.UInt64, "key": pl.UInt64, "shard": pl.String})
+    return pl.DataFrame(
+        {"priority": range(len(keys)), "key": keys, "shard": ["s"] * len(keys)},
+        schema={"priority": pl.UInt64, "key": pl.UInt64, "shard": pl.String},
+    )
 
 
 def test_more_than_ten_near_duplicates_in_the_sample_blocks_a_hash():
@@ -158,8 +171,11 @@ def test_full_recompute_on_the_engine_equals_one_process(tmp_path, stock_tables)
     assert load_blocklist(here)[2]["blocklist_id"] == load_blocklist(there)[2]["blocklist_id"]
     from mmc4_assets.dedup.corpus_state import CorpusState
 
-    assert CorpusState.load(here, "image_blocklist").read("sample", {}).equals(
-        CorpusState.load(there, "image_blocklist").read("sample", {}))
+    assert (
+        CorpusState.load(here, "image_blocklist")
+        .read("sample", {})
+        .equals(CorpusState.load(there, "image_blocklist").read("sample", {}))
+    )
     assert load_image_counts(here).over_limit == load_image_counts(there).over_limit != frozenset()
     for s in tables:
         a, b = load_doc_decisions(here, s), load_doc_decisions(there, s)

@@ -34,14 +34,18 @@ def train_torch_mlp(path, outputs=1, seed=0):
 
 def _train(path, outputs, seed):
     x, y = _features(seed=seed)
-    model = torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                                torch.nn.Linear(32, outputs))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(DIM, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, outputs)
+    )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(200):  # plain gradient descent: torch.optim's import alone costs seconds
         model.zero_grad()
         out = model(xt)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], yt.float()) if outputs == 1
-                else torch.nn.functional.cross_entropy(out, yt))
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], yt.float())
+            if outputs == 1
+            else torch.nn.functional.cross_entropy(out, yt)
+        )
         loss.backward()
         with torch.no_grad():
             for p in model.parameters():
@@ -98,8 +102,12 @@ def _fixed(name, probabilities):
 
 
 def test_threshold_is_strict_and_off_means_null():
-    batch = pl.DataFrame({"image_name": ["a", "b", "c"],
-                          "embedding": pl.Series(np.eye(3, DIM, dtype=np.float32), dtype=pl.Array(pl.Float32, DIM))})
+    batch = pl.DataFrame(
+        {
+            "image_name": ["a", "b", "c"],
+            "embedding": pl.Series(np.eye(3, DIM, dtype=np.float32), dtype=pl.Array(pl.Float32, DIM)),
+        }
+    )
     nsfw = _fixed("nsfw", np.array([0.1, 0.1001, 0.0], dtype=np.float32))
     rows = score_features(batch, nsfw, 0.1, None, 0.5, StepStats(), StepStats())
     assert rows["nsfw"].to_list() == [False, True, False]  # p = 0.1 kept, above dropped
@@ -107,16 +115,33 @@ def test_threshold_is_strict_and_off_means_null():
 
 
 def _row(images):
-    return {"doc_id": "s:1", "url": "https://s.test/1", "text_list": ["A.", "B."],
-            "image_info": [{"image_index": i, "image_name": n, "raw_url": f"https://i.test/{n}",
-                            "phash": f"{i:016x}", "matched_text_index": 0, "matched_sim": 0.3, "surplus": False}
-                           for i, n in enumerate(images)],
-            "similarity_matrix": [[0.3, 0.1] for _ in images], "could_have_url_duplicate": 0}
+    return {
+        "doc_id": "s:1",
+        "url": "https://s.test/1",
+        "text_list": ["A.", "B."],
+        "image_info": [
+            {
+                "image_index": i,
+                "image_name": n,
+                "raw_url": f"https://i.test/{n}",
+                "phash": f"{i:016x}",
+                "matched_text_index": 0,
+                "matched_sim": 0.3,
+                "surplus": False,
+            }
+            for i, n in enumerate(images)
+        ],
+        "similarity_matrix": [[0.3, 0.1] for _ in images],
+        "could_have_url_duplicate": 0,
+    }
 
 
 def test_publication_drops_nsfw_and_records_face_probability():
-    scores = {"a": ImageScore(0.05, False, 0.91234, True), "b": ImageScore(0.5, True, 0.1, False),
-              "c": ImageScore(0.0, False, 0.2, False)}
+    scores = {
+        "a": ImageScore(0.05, False, 0.91234, True),
+        "b": ImageScore(0.5, True, 0.1, False),
+        "c": ImageScore(0.0, False, 0.2, False),
+    }
     rules = ShardRules("s", scores=scores, nsfw_on=True, face_on=True)
     images = StepStats()
     doc = apply_corpus_rules(_row(["a", "b", "c"]), rules, StepStats(), images)

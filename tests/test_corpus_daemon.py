@@ -47,9 +47,16 @@ def _write_shards(folder: Path) -> None:
 
 
 def _env(home: Path, storage: Path, shards_root: Path) -> dict[str, str]:
-    return {"DAGSTER_HOME": str(home), "MMC4_STORAGE_ROOT": str(storage), "MMC4_SHARDS_ROOT": str(shards_root),
-            "MMC4_PROFILE": "sample", "MMC4_EXECUTOR": "in_process",
-            "MMC4_CORPUS_MIN_BATCH": "4", "MMC4_CORPUS_MAX_WAIT_S": "5", "MMC4_CORPUS_SENSOR_INTERVAL_S": "1"}
+    return {
+        "DAGSTER_HOME": str(home),
+        "MMC4_STORAGE_ROOT": str(storage),
+        "MMC4_SHARDS_ROOT": str(shards_root),
+        "MMC4_PROFILE": "sample",
+        "MMC4_EXECUTOR": "in_process",
+        "MMC4_CORPUS_MIN_BATCH": "4",
+        "MMC4_CORPUS_MAX_WAIT_S": "5",
+        "MMC4_CORPUS_SENSOR_INTERVAL_S": "1",
+    }
 
 
 def _published(root: Path) -> dict[str, bytes]:
@@ -69,13 +76,18 @@ def _serial(tmp_path: Path, shards_root: Path) -> dict[str, bytes]:
     root = tmp_path / "serial"
     resources = sample_resources(str(root), shards_root=str(shards_root))
     assets = [a for a in defs().assets if isinstance(a, dg.AssetsDefinition)]
-    steps = [(mmc4_shard_job.selection, True), (dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets(
-        "image_hash_counts", "doc_fingerprints"), False), (dg.AssetSelection.assets("published_shards"), True)]
+    steps = [
+        (mmc4_shard_job.selection, True),
+        (dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("image_hash_counts", "doc_fingerprints"), False),
+        (dg.AssetSelection.assets("published_shards"), True),
+    ]
     sensor = _publish_sensor(1)
     with dg.DagsterInstance.ephemeral() as instance:  # in memory: no SQLite commit per event
+
         def run(selection, key):
-            assert dg.materialize(assets, instance=instance, resources=resources, partition_key=key,
-                                  selection=selection.without_checks()).success
+            assert dg.materialize(
+                assets, instance=instance, resources=resources, partition_key=key, selection=selection.without_checks()
+            ).success
 
         for key in KEYS:
             instance.add_dynamic_partitions("shards", [key])
@@ -83,8 +95,11 @@ def _serial(tmp_path: Path, shards_root: Path) -> dict[str, bytes]:
                 run(selection, key if partitioned else None)
         cursor = None
         while True:  # the republishing a later shard causes (what the daemon's sensor does)
-            result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                    resources={"storage": StorageResource(root=str(root))}))
+            result = sensor(
+                dg.build_sensor_context(
+                    instance=instance, cursor=cursor, resources={"storage": StorageResource(root=str(root))}
+                )
+            )
             cursor = result.cursor
             if not result.run_requests:
                 break
@@ -102,7 +117,10 @@ def _daemon_state(instance: dg.DagsterInstance, store: ShardStore) -> tuple[bool
     if len(registered) < N or in_flight:
         return False, f"{len(registered)} shards registered, {in_flight} runs in flight"
     # what the publish sensor would still request, reading every update from the start
-    waiting, stale = waiting_shards(instance, store), shards_to_publish(instance, store, listed_since(instance, store, {}))
+    waiting, stale = (
+        waiting_shards(instance, store),
+        shards_to_publish(instance, store, listed_since(instance, store, {})),
+    )
     done = set(published) == set(KEYS) and not waiting and not stale
     return done, f"published {len(published)}, waiting {len(waiting)}, stale {len(stale)}"
 
@@ -149,14 +167,27 @@ def test_eight_concurrent_shard_runs_equal_a_serial_run(tmp_path, fast_dir):
     home.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")  # the run queue as shipped
     workspace = tmp_path / "workspace.yaml"
-    workspace.write_text("load_from:\n  - python_module:\n      module_name: mmc4_assets.definitions\n"
-                         f"      location_name: mmc4_assets\n      working_directory: {REPO}\n")
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: mmc4_assets.definitions\n"
+        f"      location_name: mmc4_assets\n      working_directory: {REPO}\n"
+    )
     env = {**os.environ, **_env(home, storage, shards_root), "PYTHONPATH": str(REPO)}
-    subprocess.run([BIN / "dagster", "sensor", "start", "shard_discovery_sensor", "-w", workspace],
-                   env=env, check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [BIN / "dagster", "sensor", "start", "shard_discovery_sensor", "-w", workspace],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     # its own process group: the daemon's code server and run processes go with it
-    daemon = subprocess.Popen([BIN / "dagster-daemon", "run", "-w", workspace], env=env, cwd=tmp_path,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [BIN / "dagster-daemon", "run", "-w", workspace],
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = ShardStore(storage)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -179,8 +210,9 @@ def test_eight_concurrent_shard_runs_equal_a_serial_run(tmp_path, fast_dir):
     print(f"{len(shard_runs)} shard runs; corpus updates absorbed {sorted(sizes, reverse=True)} shards")
     assert len(shard_runs) == N
     # every shard absorbed exactly once, in fewer updates than shards (batches)
-    assert sorted(absorbed) == KEYS and len([r for r in updates if r.asset_materialization.metadata[
-        "absorbed"].value]) < N
+    assert (
+        sorted(absorbed) == KEYS and len([r for r in updates if r.asset_materialization.metadata["absorbed"].value]) < N
+    )
     state = CorpusState.load(store, BLOCKLIST)
     sampled = state.read("sample", {"priority": pl.UInt64, "key": pl.UInt64, "shard": pl.String})
     contributed = sum(int(store.read_table("image_hash_counts", k)["n"].sum()) for k in KEYS)
@@ -220,6 +252,7 @@ def test_update_sensor_waits_for_a_batch_or_the_interval(tmp_path):
         old = json.dumps({"waiting_since": time.time() - 7200})
         finish(KEYS[3])
         assert len(tick(old).run_requests) == 1  # one shard, but it waited past max_wait
-        instance.add_run(dg.DagsterRun(job_name="corpus_update_job", run_id="a" * 36,
-                                       status=dg.DagsterRunStatus.STARTED))
+        instance.add_run(
+            dg.DagsterRun(job_name="corpus_update_job", run_id="a" * 36, status=dg.DagsterRunStatus.STARTED)
+        )
         assert "in flight" in tick().skip_reason.skip_message  # never two updates at once

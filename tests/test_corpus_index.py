@@ -49,9 +49,11 @@ def test_contribution_counts_documents_not_occurrences():
 
 def test_ten_documents_kept_eleventh_drops_across_shards(tmp_path):
     store = ShardStore(tmp_path)
-    tables = {"a": image_hash_contribution(_fetched(4, shard="a")),
-              "b": image_hash_contribution(_fetched(3, shard="b")),
-              "c": image_hash_contribution(_fetched(3, shard="c"))}
+    tables = {
+        "a": image_hash_contribution(_fetched(4, shard="a")),
+        "b": image_hash_contribution(_fetched(3, shard="b")),
+        "c": image_hash_contribution(_fetched(3, shard="c")),
+    }
     read = Reader(tables)
     versions = {}
     for i, shard in enumerate(["a", "b", "c"]):  # shards arrive one by one
@@ -69,8 +71,10 @@ def test_ten_documents_kept_eleventh_drops_across_shards(tmp_path):
 
 def test_rematerialized_and_removed_shards_replace_their_contribution(tmp_path):
     store = ShardStore(tmp_path)
-    tables = {"a": image_hash_contribution(_fetched(6, shard="a")),
-              "b": image_hash_contribution(_fetched(5, shard="b"))}
+    tables = {
+        "a": image_hash_contribution(_fetched(6, shard="a")),
+        "b": image_hash_contribution(_fetched(5, shard="b")),
+    }
     update_image_counts(store, {"a": 1, "b": 1}, Reader(tables), buckets=4)
     assert load_image_counts(store).is_frequent(AD)
     tables["b"] = image_hash_contribution(_fetched(4, shard="b"))  # b re-materialized: 6 + 4
@@ -88,8 +92,7 @@ def test_full_recompute_matches_incremental(tmp_path):
     rng = random.Random(3)
     tables = {}
     for s in range(6):
-        rows = [{"doc_id": f"{s}:{d}", "status": "ok", "phash": f"{rng.randrange(40):016x}"}
-                for d in range(60)]
+        rows = [{"doc_id": f"{s}:{d}", "status": "ok", "phash": f"{rng.randrange(40):016x}"} for d in range(60)]
         tables[f"s{s}"] = image_hash_contribution(pl.DataFrame(rows))
     inc, full = ShardStore(tmp_path / "inc"), ShardStore(tmp_path / "full")
     versions = {}
@@ -115,8 +118,13 @@ def _text(rng, n=60):
 
 def _fingerprints(shard, docs):
     """docs: (url, text or None for a non-candidate)."""
-    frame = pl.DataFrame({"doc_id": [f"{shard}:{i}" for i in range(len(docs))], "url": [u for u, _ in docs],
-                          "text_list": [[t] if t else [""] for _, t in docs]})
+    frame = pl.DataFrame(
+        {
+            "doc_id": [f"{shard}:{i}" for i in range(len(docs))],
+            "url": [u for u, _ in docs],
+            "text_list": [[t] if t else [""] for _, t in docs],
+        }
+    )
     cand = frame.filter(pl.Series([t is not None for _, t in docs]))
     other = frame.filter(pl.Series([t is None for _, t in docs]))
     return pl.concat([candidate_fingerprints(cand), other_fingerprints(other)])
@@ -144,9 +152,11 @@ def test_near_duplicates_across_shards_keep_the_smallest_shard_key(tmp_path):
     rng = random.Random(1)
     base = _text(rng, 120)
     near = base + " one more closing remark"  # Jaccard ~0.97
-    tables = {"b": _fingerprints("b", [("https://b.test/1", near), ("https://b.test/2", _text(rng))]),
-              "c": _fingerprints("c", [("https://c.test/1", _text(rng))]),
-              "a": _fingerprints("a", [("https://a.test/1", base)])}
+    tables = {
+        "b": _fingerprints("b", [("https://b.test/1", near), ("https://b.test/2", _text(rng))]),
+        "c": _fingerprints("c", [("https://c.test/1", _text(rng))]),
+        "a": _fingerprints("a", [("https://a.test/1", base)]),
+    }
     read = Reader(tables)
     update_doc_index(store, {"b": 1, "c": 1}, read)
     assert load_doc_decisions(store, "b").near_duplicates == {}
@@ -166,12 +176,15 @@ def test_near_duplicates_across_shards_keep_the_smallest_shard_key(tmp_path):
 
 def test_rewritten_text_is_not_a_near_duplicate(tmp_path):
     # the sample's two crawls of the lemon-bars page: word 5-gram Jaccard 0.69 < 0.8
-    one = ("These lemon bars have a buttery shortbread base and a sharp, silky filling. Press the crust into "
-           "a lined tin and bake it until it is just golden. Whisk four eggs with sugar, lemon juice, zest and "
-           "a little flour. Pour the filling over the hot crust and bake for another 20 minutes. Cool "
-           "completely, then dust with powdered sugar before slicing.")
+    one = (
+        "These lemon bars have a buttery shortbread base and a sharp, silky filling. Press the crust into "
+        "a lined tin and bake it until it is just golden. Whisk four eggs with sugar, lemon juice, zest and "
+        "a little flour. Pour the filling over the hot crust and bake for another 20 minutes. Cool "
+        "completely, then dust with powdered sugar before slicing."
+    )
     two = one.replace("20 minutes", "20 to 25 minutes").replace(
-        "before slicing.", ". Update: several readers asked, and yes, limes work just as well!")
+        "before slicing.", ". Update: several readers asked, and yes, limes work just as well!"
+    )
     store = ShardStore(tmp_path)
     tables = {"a": _fingerprints("a", [("u", one)]), "b": _fingerprints("b", [("u", two)])}
     update_doc_index(store, {"a": 1, "b": 1}, Reader(tables))
@@ -181,8 +194,10 @@ def test_rewritten_text_is_not_a_near_duplicate(tmp_path):
 def test_url_duplicates_across_shards_flag_every_copy_and_name_an_owner(tmp_path):
     store = ShardStore(tmp_path)
     rng = random.Random(2)
-    tables = {"a": _fingerprints("a", [("https://x.test/", None), ("https://y.test/", _text(rng))]),
-              "b": _fingerprints("b", [("https://x.test/", _text(rng)), ("https://y.test/", _text(rng))])}
+    tables = {
+        "a": _fingerprints("a", [("https://x.test/", None), ("https://y.test/", _text(rng))]),
+        "b": _fingerprints("b", [("https://x.test/", _text(rng)), ("https://y.test/", _text(rng))]),
+    }
     update = update_doc_index(store, {"a": 1, "b": 1}, Reader(tables))
     x, y = url_key("https://x.test/"), url_key("https://y.test/")
     dec = load_doc_decisions(store, "b", [x, y])
@@ -220,21 +235,27 @@ def test_an_index_that_outgrows_its_buckets_splits_them(tmp_path, monkeypatch):
     state = CorpusState.load(grown, "image_counts")
     assert state.settings["phash.buckets"] >= 4 and state.settings["phash.rows"] == update.stats["index_rows"]
     rows = pl.concat([state.read(f"phash.b{b:04d}", cs.KEY_ROWS) for b in range(state.settings["phash.buckets"])])
-    assert all((k % state.settings["phash.buckets"]) == b for b in range(state.settings["phash.buckets"])
-               for k in state.read(f"phash.b{b:04d}", cs.KEY_ROWS)["key"].to_list())
+    assert all(
+        (k % state.settings["phash.buckets"]) == b
+        for b in range(state.settings["phash.buckets"])
+        for k in state.read(f"phash.b{b:04d}", cs.KEY_ROWS)["key"].to_list()
+    )
     assert rows.height == sum(t.height for t in tables.values())  # every shard's rows exactly once
     fresh = ShardStore(tmp_path / "fresh")
     update_image_counts(fresh, {f"s{j}": 1 for j in range(6)}, Reader(tables), buckets=2)
-    assert load_image_counts(fresh).over_limit == load_image_counts(grown).over_limit and \
-        load_image_counts(grown).is_frequent(AD)
+    assert load_image_counts(fresh).over_limit == load_image_counts(grown).over_limit and load_image_counts(
+        grown
+    ).is_frequent(AD)
 
 
 def test_corpus_state_on_an_object_store(s3_server):  # noqa: F811  (the fixture)
     # listing, sweeping and versioned reads through fsspec, not the local filesystem
     s3_server.create_bucket("corpus")
     store = ShardStore("s3://corpus/root", s3_server.storage_options())
-    tables = {"a": image_hash_contribution(_fetched(6, shard="a")),
-              "b": image_hash_contribution(_fetched(5, shard="b"))}
+    tables = {
+        "a": image_hash_contribution(_fetched(6, shard="a")),
+        "b": image_hash_contribution(_fetched(5, shard="b")),
+    }
     update_image_counts(store, {"a": 1}, Reader(tables), buckets=2)
     update = update_image_counts(store, {"a": 1, "b": 1}, Reader(tables), buckets=2)
     assert load_image_counts(store).is_frequent(AD) and update.affected_shards == ["a", "b"]
@@ -247,8 +268,10 @@ def test_a_concurrent_commit_is_refused_not_lost(tmp_path):
     from mmc4_assets.dedup.corpus_state import ConcurrentUpdate
 
     store = ShardStore(tmp_path)
-    tables = {"a": image_hash_contribution(_fetched(2, shard="a")),
-              "b": image_hash_contribution(_fetched(2, shard="b"))}
+    tables = {
+        "a": image_hash_contribution(_fetched(2, shard="a")),
+        "b": image_hash_contribution(_fetched(2, shard="b")),
+    }
 
     def racing_read(shard):  # another run commits while this update reads its shard
         update_image_counts(store, {"b": 1}, Reader(tables), buckets=2)

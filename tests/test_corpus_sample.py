@@ -34,23 +34,32 @@ def _linear(path, seed, bias):
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
-    classifiers = FeatureClassifiers(nsfw_weights=_linear(root / "nsfw.pt", 0, -20.0),
-                                     face_weights=_linear(root / "face.pt", 1, 0.0))
+    classifiers = FeatureClassifiers(
+        nsfw_weights=_linear(root / "nsfw.pt", 0, -20.0), face_weights=_linear(root / "face.pt", 1, 0.0)
+    )
     d = defs()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, [SHARD])
-    result = dg.materialize([*d.assets, *d.asset_checks], partition_key=SHARD, instance=instance,
-                          # the page stages (archive partitions, the join) are not in this run:
-                          # raw_c4 scans the sample's two archives itself
-                          selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
-                            resources={**sample_resources(str(root)), "classifiers": classifiers},
-                            raise_on_error=False)
+    result = dg.materialize(
+        [*d.assets, *d.asset_checks],
+        partition_key=SHARD,
+        instance=instance,
+        # the page stages (archive partitions, the join) are not in this run:
+        # raw_c4 scans the sample's two archives itself
+        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
+        resources={**sample_resources(str(root)), "classifiers": classifiers},
+        raise_on_error=False,
+    )
     return root, result
 
 
 def _md(result):
-    return {m.asset_key.to_user_string(): {k: v.value for k, v in m.step_materialization_data.materialization.metadata.items()}
-            for m in result.get_asset_materialization_events()}
+    return {
+        m.asset_key.to_user_string(): {
+            k: v.value for k, v in m.step_materialization_data.materialization.metadata.items()
+        }
+        for m in result.get_asset_materialization_events()
+    }
 
 
 def _read(root, *parts):
@@ -62,9 +71,19 @@ def _read(root, *parts):
 def test_sample_runs_every_asset_and_check(sample_run):
     root, result = sample_run
     assert result.success
-    assert set(_md(result)) >= {"raw_c4", "fetched_images", "clip_scores", "assignments", "deduped_docs",
-                                "published_shards", "image_hash_counts", "doc_fingerprints",
-                                "image_classifier_scores", "corpus_image_counts", "corpus_doc_index"}
+    assert set(_md(result)) >= {
+        "raw_c4",
+        "fetched_images",
+        "clip_scores",
+        "assignments",
+        "deduped_docs",
+        "published_shards",
+        "image_hash_counts",
+        "doc_fingerprints",
+        "image_classifier_scores",
+        "corpus_image_counts",
+        "corpus_doc_index",
+    }
     assert all(c.passed for c in result.get_asset_check_evaluations())
 
 
@@ -89,8 +108,11 @@ def test_subsets_follow_their_rules_and_manifests(sample_run):
     assert faces  # the fixed direction flags some images: the ff path is exercised
     ff = _read(root, "mmc4-ff", "docs_shard_0_v2.jsonl.zip")
     assert not faces & {im["image_name"] for d in ff for im in d["image_info"]}
-    for subset, name in (("mmc4-ff", "docs_shard_0_v2"), ("mmc4-core", "docs_shard_0_v3"),
-                         ("mmc4-core-ff", "docs_shard_0_v3")):
+    for subset, name in (
+        ("mmc4-ff", "docs_shard_0_v2"),
+        ("mmc4-core", "docs_shard_0_v3"),
+        ("mmc4-core-ff", "docs_shard_0_v3"),
+    ):
         manifest = json.loads((root / "published" / subset / f"{name}.manifest.json").read_text())
         docs = _read(root, subset, f"{name}.jsonl.zip")
         slug = {"mmc4-ff": "_ff", "mmc4-core": "_core", "mmc4-core-ff": "_core_ff"}[subset]

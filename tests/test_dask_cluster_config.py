@@ -23,7 +23,7 @@ def _schema():
 def test_distributed_config_matches_dask_schema():
     config = yaml.safe_load((DEPLOY / "dask" / "distributed.yaml").read_text())
     jsonschema.validate({"distributed": config["distributed"]}, _schema())
-    with pytest.raises(jsonschema.ValidationError):   # the schema does catch a wrong value
+    with pytest.raises(jsonschema.ValidationError):  # the schema does catch a wrong value
         jsonschema.validate({"distributed": {"worker": {"memory": {"spill": "lots"}}}}, _schema())
     assert config["dataframe"]["shuffle"]["method"] == "p2p"
 
@@ -56,12 +56,15 @@ def test_dask_cluster_pod_specs_are_valid_kubernetes_and_consistent():
 
 
 def test_production_definitions_use_the_configured_scheduler(monkeypatch):
-    env = {"MMC4_PROFILE": "production", "MMC4_STORAGE_ROOT": "s3://mmc4-prod/v1",
-           "MMC4_SHARDS_ROOT": "s3://mmc4-source/c4/en",
-           "MMC4_PAGE_ARCHIVES": "s3://commoncrawl/crawl-data/CC-MAIN-2019-18/segments/*/wat/*.wat.gz",
-           "MMC4_CC_COLUMNAR_INDEX": "s3://commoncrawl/cc-index/table/cc-main/warc/crawl=CC-MAIN-2019-18/"
-                                     "subset=warc/*.parquet",
-           "MMC4_DASK_SCHEDULER": "tcp://mmc4-dask-scheduler.mmc4:8786"}
+    env = {
+        "MMC4_PROFILE": "production",
+        "MMC4_STORAGE_ROOT": "s3://mmc4-prod/v1",
+        "MMC4_SHARDS_ROOT": "s3://mmc4-source/c4/en",
+        "MMC4_PAGE_ARCHIVES": "s3://commoncrawl/crawl-data/CC-MAIN-2019-18/segments/*/wat/*.wat.gz",
+        "MMC4_CC_COLUMNAR_INDEX": "s3://commoncrawl/cc-index/table/cc-main/warc/crawl=CC-MAIN-2019-18/"
+        "subset=warc/*.parquet",
+        "MMC4_DASK_SCHEDULER": "tcp://mmc4-dask-scheduler.mmc4:8786",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     from mmc4_assets.definitions import defs
@@ -71,6 +74,6 @@ def test_production_definitions_use_the_configured_scheduler(monkeypatch):
     settings = d.resources["dask"].settings()
     assert settings.scheduler_address == env["MMC4_DASK_SCHEDULER"] and settings.shuffle_method == "p2p"
     cc = d.resources["source"].common_crawl
-    assert cc.columnar_index and not cc.uses_cdx()   # at scale: the bulk join, no per-URL CDX calls
+    assert cc.columnar_index and not cc.uses_cdx()  # at scale: the bulk join, no per-URL CDX calls
     assert {j.name for j in d.jobs} >= {"page_records_job", "shard_pages_job", "mmc4_shard_job"}
     assert os.environ["MMC4_PROFILE"] == "production"

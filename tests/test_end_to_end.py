@@ -1,6 +1,5 @@
 """The bundled sample through all six assets and their blocking checks, then read back."""
 
-import io
 import json
 import zipfile
 
@@ -31,12 +30,23 @@ def _materialize(storage_root, run_config=None):
     archive_keys = list(resources["source"].archive_keys())
     instance.add_dynamic_partitions(archives.name, archive_keys)
     for key in archive_keys:
-        assert dg.materialize([*d.assets, *d.asset_checks], partition_key=key, instance=instance,
-                              resources=resources, selection=PAGE_STAGE).success
+        assert dg.materialize(
+            [*d.assets, *d.asset_checks],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            selection=PAGE_STAGE,
+        ).success
     # then the join and every shard stage, in one run for the shard
-    result = dg.materialize([*d.assets, *d.asset_checks], partition_key=SHARD, instance=instance,
-                            resources=resources, run_config=run_config or {}, raise_on_error=False,
-                            selection=dg.AssetSelection.all() - PAGE_STAGE)
+    result = dg.materialize(
+        [*d.assets, *d.asset_checks],
+        partition_key=SHARD,
+        instance=instance,
+        resources=resources,
+        run_config=run_config or {},
+        raise_on_error=False,
+        selection=dg.AssetSelection.all() - PAGE_STAGE,
+    )
     return result
 
 
@@ -59,9 +69,15 @@ def test_all_assets_and_checks_succeed(default_run):
     assert set(ASSETS) <= materialized  # the corpus-wide assets run in the same job
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert set(checks) == {
-        "shard_pages_one_capture_per_url", "raw_c4_documents_well_formed", "fetched_images_match_raw_c4", "fetched_images_success_rate_stable",
-        "clip_scores_are_cosines", "assignments_within_text_list", "deduped_docs_have_unique_images",
-        "published_shards_match_mmc4_schema"}
+        "shard_pages_one_capture_per_url",
+        "raw_c4_documents_well_formed",
+        "fetched_images_match_raw_c4",
+        "fetched_images_success_rate_stable",
+        "clip_scores_are_cosines",
+        "assignments_within_text_list",
+        "deduped_docs_have_unique_images",
+        "published_shards_match_mmc4_schema",
+    }
     assert all(c.passed for c in checks.values())
     # every blocking check ran its great-expectations suite too
     blocking = [c for c in checks.values() if c.blocking]
@@ -72,9 +88,12 @@ def test_all_assets_and_checks_succeed(default_run):
     published = checks["published_shards_match_mmc4_schema"].metadata
     assert published["assignment_rule"].value == "mmc4"
     assert [k for k in published if k.startswith("violations_assignment_")] and all(
-        published[k].value == 0 for k in published if k.startswith("violations_assignment_"))
-    md = {m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
-          for m in result.get_asset_materialization_events()}
+        published[k].value == 0 for k in published if k.startswith("violations_assignment_")
+    )
+    md = {
+        m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
+        for m in result.get_asset_materialization_events()
+    }
     # raw_c4 read the join's page table, not the archives
     assert md["raw_c4"]["page_lookup"].value == "shard_pages" and md["raw_c4"]["page_archives"].value == 0
 
@@ -147,8 +166,10 @@ def test_manifest_and_metadata_tell_the_story(default_run):
     assert manifest["num_docs"] == len(docs)
     assert manifest["num_images"] == sum(len(d["image_info"]) for d in docs)
     assert manifest["random_weights"] is True and "RANDOM" in manifest["model"]
-    md = {m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
-          for m in result.get_asset_materialization_events()}
+    md = {
+        m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata
+        for m in result.get_asset_materialization_events()
+    }
     assert md["clip_scores"]["random_weights"].value is True
     assert md["clip_scores"]["model_name"].value == "mmc4-tiny-random"
     assert md["fetched_images"]["images_dropped_http_404"].value == load_expected()["totals"]["fetch"]["http_404"]
@@ -190,8 +211,9 @@ def test_blocking_check_stops_downstream_on_broken_output(tmp_path, monkeypatch)
     def broken(batch, min_sim, rule):
         out = original(batch, min_sim, rule)
         # every image points past the end of its text_list
-        frame = out.frame.with_columns(pl.col("image_info").list.eval(pl.element().struct.with_fields(
-            pl.field("matched_text_index") + 1000)))
+        frame = out.frame.with_columns(
+            pl.col("image_info").list.eval(pl.element().struct.with_fields(pl.field("matched_text_index") + 1000))
+        )
         return dataclasses.replace(out, frame=frame)
 
     monkeypatch.setattr(mod, "assign_frame", broken)
@@ -226,46 +248,91 @@ def test_each_check_rule_fails_on_a_corrupted_copy_of_the_sample_output(default_
         return outcome, gx.validate(suite_name, "t", frame, expectations)
 
     good = [
-        both(rules.raw_c4_rules(docs, quarantine, 40), "raw", suites.raw_c4_frame(docs, 0.1),
-             suites.raw_c4_expectations(t)),
-        both(rules.fetched_images_rules(fetched, docs, 150, 2.0, 800), "fetched",
-             suites.fetched_images_frame(fetched), suites.fetched_images_expectations(t)),
-        both(rules.clip_scores_rules(scores, feats), "clip", suites.clip_scores_frame(scores, feats),
-             suites.clip_scores_expectations(t)),
-        both(rules.assignments_rules(assigned, 0.15), "assign", suites.assignments_frame(assigned),
-             suites.assignments_expectations(t)),
-        both(rules.deduped_docs_rules(deduped, 5), "dedup", suites.deduped_docs_frame(deduped),
-             suites.deduped_docs_expectations(t)),
+        both(
+            rules.raw_c4_rules(docs, quarantine, 40),
+            "raw",
+            suites.raw_c4_frame(docs, 0.1),
+            suites.raw_c4_expectations(t),
+        ),
+        both(
+            rules.fetched_images_rules(fetched, docs, 150, 2.0, 800),
+            "fetched",
+            suites.fetched_images_frame(fetched),
+            suites.fetched_images_expectations(t),
+        ),
+        both(
+            rules.clip_scores_rules(scores, feats),
+            "clip",
+            suites.clip_scores_frame(scores, feats),
+            suites.clip_scores_expectations(t),
+        ),
+        both(
+            rules.assignments_rules(assigned, 0.15),
+            "assign",
+            suites.assignments_frame(assigned),
+            suites.assignments_expectations(t),
+        ),
+        both(
+            rules.deduped_docs_rules(deduped, 5),
+            "dedup",
+            suites.deduped_docs_frame(deduped),
+            suites.deduped_docs_expectations(t),
+        ),
     ]
     assert all(o.passed and s.success for o, s in good)
 
     dup_docs = pl.concat([docs, docs.head(1)])
-    o, s = both(rules.raw_c4_rules(dup_docs, quarantine, 41), "raw_bad", suites.raw_c4_frame(dup_docs, 0.1),
-                suites.raw_c4_expectations(t))
+    o, s = both(
+        rules.raw_c4_rules(dup_docs, quarantine, 41),
+        "raw_bad",
+        suites.raw_c4_frame(dup_docs, 0.1),
+        suites.raw_c4_expectations(t),
+    )
     assert o.failures["duplicate_doc_id"] == 2 and not s.success
 
-    small = fetched.with_columns(pl.when(pl.col("status") == "ok").then(100).otherwise(pl.col("orig_width"))
-                                 .alias("orig_width")).head(fetched.height - 1)
-    o, s = both(rules.fetched_images_rules(small, docs, 150, 2.0, 800), "fetched_bad",
-                suites.fetched_images_frame(small), suites.fetched_images_expectations(t))
+    small = fetched.with_columns(
+        pl.when(pl.col("status") == "ok").then(100).otherwise(pl.col("orig_width")).alias("orig_width")
+    ).head(fetched.height - 1)
+    o, s = both(
+        rules.fetched_images_rules(small, docs, 150, 2.0, 800),
+        "fetched_bad",
+        suites.fetched_images_frame(small),
+        suites.fetched_images_expectations(t),
+    )
     assert o.failures["rows_vs_raw_c4_candidates"] == 1 and o.failures["ok_but_too_small"] > 0 and not s.success
 
     wide = scores.with_columns(pl.col("similarity_matrix").list.eval(pl.element().list.concat([pl.lit(0.5)])))
-    o, s = both(rules.clip_scores_rules(wide, feats), "clip_bad", suites.clip_scores_frame(wide, feats),
-                suites.clip_scores_expectations(t))
+    o, s = both(
+        rules.clip_scores_rules(wide, feats),
+        "clip_bad",
+        suites.clip_scores_frame(wide, feats),
+        suites.clip_scores_expectations(t),
+    )
     assert o.failures["matrix_shape_not_images_x_sentences"] == wide.height and not s.success
 
-    low = assigned.with_columns(pl.Series("similarity_matrix", [[[0.01] * len(r) for r in m] for m in
-                                                                assigned["similarity_matrix"].to_list()],
-                                          dtype=assigned.schema["similarity_matrix"]))
-    o, s = both(rules.assignments_rules(low, 0.15), "assign_bad", suites.assignments_frame(low),
-                suites.assignments_expectations(t))
+    low = assigned.with_columns(
+        pl.Series(
+            "similarity_matrix",
+            [[[0.01] * len(r) for r in m] for m in assigned["similarity_matrix"].to_list()],
+            dtype=assigned.schema["similarity_matrix"],
+        )
+    )
+    o, s = both(
+        rules.assignments_rules(low, 0.15),
+        "assign_bad",
+        suites.assignments_frame(low),
+        suites.assignments_expectations(t),
+    )
     assert o.failures["best_sim_below_min"] == low.height and not s.success
     assert o.failures["matched_sim_not_matrix_entry"] == low.height
 
     twice = deduped.with_columns(pl.col("image_info").list.concat(pl.col("image_info")))
-    o, s = both(rules.deduped_docs_rules(twice, 5), "dedup_bad", suites.deduped_docs_frame(twice),
-                suites.deduped_docs_expectations(t))
+    o, s = both(
+        rules.deduped_docs_rules(twice, 5),
+        "dedup_bad",
+        suites.deduped_docs_frame(twice),
+        suites.deduped_docs_expectations(t),
+    )
     assert o.failures["in_document_phash_duplicate"] == twice.height and not s.success
 
     lines = list(iter_shard_lines(store, "docs_shard_0_v2.jsonl.zip"))
@@ -273,8 +340,9 @@ def test_each_check_rule_fails_on_a_corrupted_copy_of_the_sample_output(default_
     manifest = {"num_docs": len(lines), "sha256": "x"}
     o = rules.published_rules(broken, manifest, "y", len(lines))
     assert o.failures["unparsable_lines"] == 1 and o.failures["checksum_mismatch"] == 1
-    assert not gx.validate("pub_bad", "t", suites.published_frame(broken, False),
-                           suites.published_expectations(t, len(lines))).success
+    assert not gx.validate(
+        "pub_bad", "t", suites.published_frame(broken, False), suites.published_expectations(t, len(lines))
+    ).success
 
 
 def test_refresh_schedule_evaluates_against_an_ephemeral_instance():

@@ -21,14 +21,17 @@ pytestmark = pytest.mark.timeout(60)
 
 def _materialize(instance, root, selection, run_config=None):
     resources = sample_resources(str(root))
-    return dg.materialize(selection, partition_key=SHARD, instance=instance,
-                          resources={k: resources[k] for k in ("storage", "source", "fetcher", "quality")},
-                          run_config=run_config or {})
+    return dg.materialize(
+        selection,
+        partition_key=SHARD,
+        instance=instance,
+        resources={k: resources[k] for k in ("storage", "source", "fetcher", "quality")},
+        run_config=run_config or {},
+    )
 
 
 def _metadata(result):
-    [mat] = [m for m in result.get_asset_materialization_events()
-             if m.asset_key.to_user_string() == "fetched_images"]
+    [mat] = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == "fetched_images"]
     return {k: v.value for k, v in mat.step_materialization_data.materialization.metadata.items()}
 
 
@@ -47,8 +50,12 @@ def test_rematerialization_reuses_the_fetch_log(tmp_path):
     logs = [e.message for e in instance.all_logs(first.run_id) if e.level == 20 and e.message]
     assert any(f"{expected['candidates']}/{expected['candidates']} (100%) images" in m for m in logs)
 
-    again = _materialize(instance, tmp_path, [fetched_images, fetched_images_match_raw_c4],
-                         {"ops": {"fetched_images": {"config": {"refetch": "none"}}}})
+    again = _materialize(
+        instance,
+        tmp_path,
+        [fetched_images, fetched_images_match_raw_c4],
+        {"ops": {"fetched_images": {"config": {"refetch": "none"}}}},
+    )
     md2 = _metadata(again)
     assert md2["num_reused_from_fetch_log"] == expected["candidates"] and md2["num_requested"] == 0
     assert md2["num_ok"] == md["num_ok"] and md2["refetch"] == "none"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import aiohappyeyeballs
@@ -485,7 +485,7 @@ def test_gzip_bomb_is_capped_after_inflating(server):
         (PNG[:8], True),
         (b"RIFF\x00\x00\x00\x00WEBPVP8 ", True),
         (b"<!DOCTYPE html>", False),
-        (b"{\"error\": 1}", False),
+        (b'{"error": 1}', False),
     ],
 )
 def test_body_sniffing_decides_not_the_header(head, ok):
@@ -841,7 +841,7 @@ def test_is_image_content_type(value, ok):
 
 
 def test_parse_retry_after():
-    now = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
     assert parse_retry_after("1") == 1.0
     assert parse_retry_after(" 2.5 ") == 2.5
     assert parse_retry_after("-3") == 0.0

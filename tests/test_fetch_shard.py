@@ -74,11 +74,16 @@ class HostileServer(LoopbackServer):
         self.hits: Counter[str] = Counter()
         super().__init__(
             routes=[
-                web.get("/img/{name}", self.img), web.get("/status/{code}", self.status),
-                web.get("/flaky/{key}", self.flaky), web.get("/slow/{key}", self.slow),
-                web.get("/trickle", self.trickle), web.get("/huge", self.huge),
-                web.get("/huge-chunked", self.huge_chunked), web.get("/loop", self.loop_redirect),
-                web.get("/goto", self.goto), web.get("/optout", self.optout),
+                web.get("/img/{name}", self.img),
+                web.get("/status/{code}", self.status),
+                web.get("/flaky/{key}", self.flaky),
+                web.get("/slow/{key}", self.slow),
+                web.get("/trickle", self.trickle),
+                web.get("/huge", self.huge),
+                web.get("/huge-chunked", self.huge_chunked),
+                web.get("/loop", self.loop_redirect),
+                web.get("/goto", self.goto),
+                web.get("/optout", self.optout),
                 web.get("/reset", self.reset),
             ],
             middlewares=[self._count],
@@ -150,8 +155,7 @@ class HostileServer(LoopbackServer):
         raise web.HTTPFound(request.query["to"])
 
     async def optout(self, request: web.Request) -> web.Response:
-        return web.Response(body=OK_JPEG, headers={"Content-Type": "image/jpeg",
-                                                   "X-Robots-Tag": request.query["tag"]})
+        return web.Response(body=OK_JPEG, headers={"Content-Type": "image/jpeg", "X-Robots-Tag": request.query["tag"]})
 
     async def reset(self, request: web.Request) -> web.Response:
         request.transport.close()  # hang up without an answer
@@ -176,25 +180,50 @@ def server(hostile):
 
 
 def fast_settings(**overrides) -> FetchSettings:
-    base = dict(allow_private=False, connect_timeout=1.0, read_timeout=1.0, total_timeout=2.0,
-                retries=1, backoff_base=0.01, max_retry_after=0.3, max_bytes=2 * 1024 * 1024,
-                per_host_rps=0.0, user_agent="mmc4-assets-test/1.0")
+    base = dict(
+        allow_private=False,
+        connect_timeout=1.0,
+        read_timeout=1.0,
+        total_timeout=2.0,
+        retries=1,
+        backoff_base=0.01,
+        max_retry_after=0.3,
+        max_bytes=2 * 1024 * 1024,
+        per_host_rps=0.0,
+        user_agent="mmc4-assets-test/1.0",
+    )
     base.update(overrides)
     return FetchSettings(**base)
 
 
-def run_shard(store: ShardStore, docs: list[dict], settings: FetchSettings | None = None,
-              limits: ImageLimits = ImageLimits(), **options) -> tuple[list[dict], StepStats, FetchProgress]:
+def run_shard(
+    store: ShardStore,
+    docs: list[dict],
+    settings: FetchSettings | None = None,
+    limits: ImageLimits = ImageLimits(),
+    **options,
+) -> tuple[list[dict], StepStats, FetchProgress]:
     stats, seen = StepStats(), []
-    rows = list(fetch_documents(iter(docs), store=store, shard=SHARD, settings=settings or fast_settings(),
-                                limits=limits, stats=stats, options=ShardOptions(**options),
-                                total=sum(len(d["image_urls"]) for d in docs), on_progress=seen.append))
+    rows = list(
+        fetch_documents(
+            iter(docs),
+            store=store,
+            shard=SHARD,
+            settings=settings or fast_settings(),
+            limits=limits,
+            stats=stats,
+            options=ShardOptions(**options),
+            total=sum(len(d["image_urls"]) for d in docs),
+            on_progress=seen.append,
+        )
+    )
     return rows, stats, seen[-1]
 
 
 def docs_for(urls: list[str], per_doc: int = 3) -> list[dict]:
-    return [{"doc_id": f"doc:{i // per_doc}", "image_urls": urls[i:i + per_doc]}
-            for i in range(0, len(urls), per_doc)]
+    return [
+        {"doc_id": f"doc:{i // per_doc}", "image_urls": urls[i : i + per_doc]} for i in range(0, len(urls), per_doc)
+    ]
 
 
 # --------------------------------------------------------------------------- final statuses
@@ -241,10 +270,13 @@ def test_every_hostile_candidate_ends_with_its_final_status(server, tmp_path):
     assert time.monotonic() - start < 12  # every URL is bounded by total_timeout
     got = {row["raw_url"]: row["status"] for row in rows}
     want = {server.url(p): s for p, s in ADVERSARIAL.items()} | {
-        "ftp://x/a.jpg": "invalid_url", "http://10.0.0.2/b.jpg": "blocked_address"}
+        "ftp://x/a.jpg": "invalid_url",
+        "http://10.0.0.2/b.jpg": "blocked_address",
+    }
     assert got == want
     assert [(r["doc_id"], r["image_index"]) for r in rows] == [
-        (f"doc:{i // 3}", i % 3) for i in range(len(urls))]  # document order
+        (f"doc:{i // 3}", i % 3) for i in range(len(urls))
+    ]  # document order
     # 4xx never retried; 5xx/429 retried once (retries=1); a policy refusal never reaches a server
     assert server.hits["/status/404"] == 1 and server.hits["/status/410"] == 1
     assert server.hits["/status/503"] == 2 and server.hits["/status/429?after=0.1"] == 2
@@ -307,8 +339,11 @@ def test_decoding_starts_while_slow_downloads_are_still_running(server, tmp_path
     slow = server.url("/slow/head?delay=1.5", host="127.0.0.1")
     fast = [server.url(f"/slow/f{i}?delay=0", host="127.0.0.1") for i in range(4)]
     start = time.monotonic()
-    rows, _, _ = run_shard(store, [{"doc_id": "d", "image_urls": [slow, *fast]}],
-                           fast_settings(allow_private=True, total_timeout=5.0, read_timeout=3.0))
+    rows, _, _ = run_shard(
+        store,
+        [{"doc_id": "d", "image_urls": [slow, *fast]}],
+        fast_settings(allow_private=True, total_timeout=5.0, read_timeout=3.0),
+    )
     assert [r["raw_url"] for r in rows] == [slow, *fast]  # still in input order
     assert all(r["status"] == "ok" for r in rows)
     assert len(store.put_times) == 5
@@ -327,8 +362,11 @@ def test_a_busy_decode_pool_throttles_downloads(server, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline_mod, "process_image", blocked)
     urls = [server.url(f"/slow/b{i}?delay=0", host="127.0.0.1") for i in range(12)]
     result: list = []
-    worker = threading.Thread(target=lambda: result.append(run_shard(
-        ShardStore(tmp_path), docs_for(urls), fast_settings(allow_private=True, concurrency=3), workers=1)))
+    worker = threading.Thread(
+        target=lambda: result.append(
+            run_shard(ShardStore(tmp_path), docs_for(urls), fast_settings(allow_private=True, concurrency=3), workers=1)
+        )
+    )
     worker.start()
     time.sleep(0.8)
     in_memory = sum(n for path, n in server.hits.items() if path.startswith("/slow/b"))
@@ -342,10 +380,19 @@ def test_a_busy_decode_pool_throttles_downloads(server, tmp_path, monkeypatch):
 def test_progress_reports_done_rate_and_errors(server, tmp_path):
     urls = [server.url("/img/ok.jpg", host="127.0.0.1"), server.url("/status/404", host="127.0.0.1")]
     calls: list[FetchProgress] = []
-    list(fetch_documents(docs_for(urls), store=ShardStore(tmp_path), shard=SHARD,
-                         settings=fast_settings(allow_private=True), limits=ImageLimits(),
-                         stats=StepStats(), options=ShardOptions(progress_every=0.0), total=2,
-                         on_progress=calls.append))
+    list(
+        fetch_documents(
+            docs_for(urls),
+            store=ShardStore(tmp_path),
+            shard=SHARD,
+            settings=fast_settings(allow_private=True),
+            limits=ImageLimits(),
+            stats=StepStats(),
+            options=ShardOptions(progress_every=0.0),
+            total=2,
+            on_progress=calls.append,
+        )
+    )
     final = calls[-1]
     assert (final.done, final.total, final.ok, final.reused) == (2, 2, 1, 0)
     assert final.error_rate == 0.5 and final.rate > 0
@@ -354,8 +401,7 @@ def test_progress_reports_done_rate_and_errors(server, tmp_path):
 
 # --------------------------------------------------------------------------- resumability
 
-RESUME_PATHS = ["/img/ok.jpg", "/img/big.jpg", "/status/404", "/status/503", "/optout?tag=noai",
-                "/img/tiny.jpg"]
+RESUME_PATHS = ["/img/ok.jpg", "/img/big.jpg", "/status/404", "/status/503", "/optout?tag=noai", "/img/tiny.jpg"]
 
 
 def _requests(server) -> Counter:
@@ -383,8 +429,7 @@ def test_rerun_reuses_the_log_according_to_refetch(server, tmp_path):
     # default: only the transient failure is asked again (retries=1: two requests)
     assert rerun("transient") == Counter({"/status/503": 2})
     assert rerun("none") == Counter()
-    assert rerun("failures") == Counter({"/status/404": 1, "/status/503": 2, "/optout?tag=noai": 1,
-                                         "/img/tiny.jpg": 1})
+    assert rerun("failures") == Counter({"/status/404": 1, "/status/503": 2, "/optout?tag=noai": 1, "/img/tiny.jpg": 1})
     assert set(rerun("all")) == set(RESUME_PATHS)
 
 
@@ -411,7 +456,8 @@ def test_changed_decisive_settings_invalidate_the_log(server, tmp_path):
     assert fingerprint(settings, ImageLimits()) != fingerprint(settings, ImageLimits(min_side=350))
     # timeouts only change transient outcomes: same fingerprint
     assert fingerprint(settings, ImageLimits()) == fingerprint(
-        fast_settings(allow_private=True, total_timeout=99.0), ImageLimits())
+        fast_settings(allow_private=True, total_timeout=99.0), ImageLimits()
+    )
 
 
 def test_finished_shard_compacts_its_log(server, tmp_path):
@@ -422,15 +468,27 @@ def test_finished_shard_compacts_its_log(server, tmp_path):
     assert len(flog.parts()) == 1 and flog.read_all().height == 9
 
 
-@pytest.mark.parametrize("status, none, transient, failures", [
-    ("ok", True, True, True), ("http_404", True, True, False), ("http_503", True, False, False),
-    ("http_429", True, False, False), ("timeout", True, False, False),
-    ("connection_error", True, False, False), ("dns_error", True, True, False),
-    ("blocked_address", True, True, False), ("opted_out", True, True, False),
-])
+@pytest.mark.parametrize(
+    "status, none, transient, failures",
+    [
+        ("ok", True, True, True),
+        ("http_404", True, True, False),
+        ("http_503", True, False, False),
+        ("http_429", True, False, False),
+        ("timeout", True, False, False),
+        ("connection_error", True, False, False),
+        ("dns_error", True, True, False),
+        ("blocked_address", True, True, False),
+        ("opted_out", True, True, False),
+    ],
+)
 def test_refetch_policy(status, none, transient, failures):
-    assert (reusable(status, "none"), reusable(status, "transient"), reusable(status, "failures"),
-            reusable(status, "all")) == (none, transient, failures, False)
+    assert (
+        reusable(status, "none"),
+        reusable(status, "transient"),
+        reusable(status, "failures"),
+        reusable(status, "all"),
+    ) == (none, transient, failures, False)
     with pytest.raises(ValueError):
         reusable(status, "sometimes")
 
@@ -473,8 +531,12 @@ def test_sigkill_mid_shard_loses_nothing_already_logged(server, tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     root = tmp_path / "store"
-    child = subprocess.Popen([sys.executable, str(script), str(root), SHARD, json.dumps(docs)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(root), SHARD, json.dumps(docs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     log_dir = root / "tables" / LOG_TABLE / SHARD
     try:
         deadline = time.monotonic() + 20
@@ -501,10 +563,15 @@ def test_sigkill_mid_shard_loses_nothing_already_logged(server, tmp_path):
     server.hits.clear()
     stats = StepStats()
     with store.table_writer("fetched_images", SHARD, FETCHED_SCHEMA) as out:
-        for row in fetch_documents(docs, store=store, shard=SHARD, stats=stats,
-                                   # same decisive settings as the child: its log applies
-                                   settings=FetchSettings(allow_private=True, per_host=4, per_host_rps=0),
-                                   limits=ImageLimits()):
+        for row in fetch_documents(
+            docs,
+            store=store,
+            shard=SHARD,
+            stats=stats,
+            # same decisive settings as the child: its log applies
+            settings=FetchSettings(allow_private=True, per_host=4, per_host_rps=0),
+            limits=ImageLimits(),
+        ):
             out.append(row)
     requested_again = set(_requests(server))
     assert not (requested_again & logged_paths)  # nothing already logged was fetched again

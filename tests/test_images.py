@@ -34,7 +34,7 @@ def test_small_images_are_never_upscaled():
 def test_mmc4_size_and_aspect_boundaries():
     assert process_image(_encode(_gradient(150, 150)))[1] == "ok"
     assert process_image(_encode(_gradient(149, 200)))[1] == "too_small"
-    assert process_image(_encode(_gradient(400, 200)))[1] == "ok"       # aspect exactly 2
+    assert process_image(_encode(_gradient(400, 200)))[1] == "ok"  # aspect exactly 2
     assert process_image(_encode(_gradient(401, 200)))[1] == "bad_aspect"
     assert process_image(_encode(_gradient(200, 401)))[1] == "bad_aspect"
 
@@ -75,8 +75,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
     """A ~100-byte PNG whose header declares width x height pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _photo(w, h, seed=0):
@@ -98,10 +102,13 @@ def test_truncated_large_jpeg_on_the_draft_path_is_undecodable():
     assert process_image(good[: len(good) * 2 // 3])[1] == "undecodable"
 
 
-@pytest.mark.parametrize("fmt, size, seed", [
-    ("JPEG", (1900, 1300), 3),  # DCT-scaled decode, then bilinear for the rest
-    ("PNG", (2600, 1500), 5),   # integer box reduce, then bilinear for the rest
-])
+@pytest.mark.parametrize(
+    "fmt, size, seed",
+    [
+        ("JPEG", (1900, 1300), 3),  # DCT-scaled decode, then bilinear for the rest
+        ("PNG", (2600, 1500), 5),  # integer box reduce, then bilinear for the rest
+    ],
+)
 def test_scaled_decoding_keeps_exact_size_and_a_close_phash(fmt, size, seed):
     img = _photo(*size, seed=seed)
     image, status = process_image(_encode(img, fmt))
@@ -145,11 +152,20 @@ def test_cmyk_jpeg_is_stored_as_rgb():
     assert Image.open(io.BytesIO(image.data)).mode == "RGB"
 
 
-@pytest.mark.parametrize("head, name", [
-    (b"\xff\xd8\xff\xe0", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF89a", "GIF"),
-    (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"), (b"II*\x00", "TIFF"),
-    (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"<html>", None), (b"BMany words of plain text", None), (b"", None),
-])
+@pytest.mark.parametrize(
+    "head, name",
+    [
+        (b"\xff\xd8\xff\xe0", "JPEG"),
+        (b"\x89PNG\r\n\x1a\n", "PNG"),
+        (b"GIF89a", "GIF"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"),
+        (b"II*\x00", "TIFF"),
+        (b"\x00\x00\x00\x1cftypavif", "AVIF"),
+        (b"<html>", None),
+        (b"BMany words of plain text", None),
+        (b"", None),
+    ],
+)
 def test_sniff_image_format(head, name):
     assert sniff_image_format(head) == name
 
@@ -159,9 +175,18 @@ def test_sniff_image_format(head, name):
 from mmc4_assets.fetch.images import _dct_scale  # noqa: E402
 
 
-@pytest.mark.parametrize("size, expected", [
-    ((800, 600), 1), ((1597, 900), 1), ((1599, 900), 2), ((1600, 1200), 2), ((3300, 2000), 4), ((6400, 4000), 8), ((9000, 4500), 8),
-])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((800, 600), 1),
+        ((1597, 900), 1),
+        ((1599, 900), 2),
+        ((1600, 1200), 2),
+        ((3300, 2000), 4),
+        ((6400, 4000), 8),
+        ((9000, 4500), 8),
+    ],
+)
 def test_dct_scale_is_the_largest_power_of_two_that_keeps_the_target(size, expected):
     target = fit_size(*size, 800)
     scale = _dct_scale(*size, target)
@@ -169,10 +194,17 @@ def test_dct_scale_is_the_largest_power_of_two_that_keeps_the_target(size, expec
     assert -(-size[0] // scale) >= target[0] and -(-size[1] // scale) >= target[1]
 
 
-@pytest.mark.parametrize("fmt, mode, size", [
-    ("JPEG", "RGB", (1700, 1000)), ("JPEG", "RGB", (500, 400)), ("JPEG", "CMYK", (1700, 1000)),
-    ("PNG", "RGB", (2500, 1400)), ("PNG", "RGBA", (600, 500)), ("WEBP", "RGB", (1000, 900)),
-])
+@pytest.mark.parametrize(
+    "fmt, mode, size",
+    [
+        ("JPEG", "RGB", (1700, 1000)),
+        ("JPEG", "RGB", (500, 400)),
+        ("JPEG", "CMYK", (1700, 1000)),
+        ("PNG", "RGB", (2500, 1400)),
+        ("PNG", "RGBA", (600, 500)),
+        ("WEBP", "RGB", (1000, 900)),
+    ],
+)
 def test_colours_survive_every_path(fmt, mode, size):
     # a BGR/RGB mix-up anywhere would swap red and blue in the stored JPEG
     img = Image.new("RGB", size, (220, 30, 40))

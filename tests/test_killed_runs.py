@@ -14,15 +14,21 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from mmc4_assets.deploy.dagster_internals import dagster_instance_config, run_monitoring
 
+from mmc4_assets.deploy.dagster_internals import dagster_instance_config, run_monitoring
 from mmc4_assets.storage import ShardStore
 from mmc4_assets.storage.store import sweep_temp_files
 
 HOME = Path(__file__).resolve().parents[1] / "dagster_home"
-PG_ENV = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USERNAME": "dagster",
-          "DAGSTER_PG_PASSWORD": "secret", "DAGSTER_PG_DB": "dagster", "MMC4_COMPUTE_LOG_BUCKET": "b",
-          "MMC4_COMPUTE_LOG_PREFIX": "p"}
+PG_ENV = {
+    "DAGSTER_PG_HOST": "127.0.0.1",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "secret",
+    "DAGSTER_PG_DB": "dagster",
+    "MMC4_COMPUTE_LOG_BUCKET": "b",
+    "MMC4_COMPUTE_LOG_PREFIX": "p",
+}
 DAY = 24 * 3600
 
 
@@ -31,7 +37,7 @@ def test_both_instance_configs_monitor_runs_and_retry_them(name, tmp_path, monke
     for k, v in PG_ENV.items():
         monkeypatch.setenv(k, v)
     (tmp_path / "dagster.yaml").write_text((HOME / name).read_text())
-    config, _ = dagster_instance_config(str(tmp_path))   # Dagster's own schema
+    config, _ = dagster_instance_config(str(tmp_path))  # Dagster's own schema
     monitoring = config["run_monitoring"]
     assert monitoring["enabled"] is True
     assert monitoring["start_timeout_seconds"] > 0 and monitoring["max_runtime_seconds"] > 0
@@ -49,8 +55,9 @@ def test_a_run_whose_launch_died_is_marked_failed_by_the_monitoring_daemon(tmp_p
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
-        run = instance.add_run(DagsterRun(job_name="shard_job", run_id=str(uuid.uuid4()),
-                                          status=DagsterRunStatus.NOT_STARTED))
+        run = instance.add_run(
+            DagsterRun(job_name="shard_job", run_id=str(uuid.uuid4()), status=DagsterRunStatus.NOT_STARTED)
+        )
         later = time.time() + instance.run_monitoring_start_timeout_seconds + 1
         monkeypatch.setattr(run_monitoring, "get_current_timestamp", lambda: later)
         (record,) = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))
@@ -68,21 +75,30 @@ def test_old_temp_files_of_killed_writes_are_swept_young_ones_kept(tmp_path):
         f.write_bytes(b"x")
     os.utime(old, (time.time() - 2 * DAY,) * 2)
     os.utime(keep, (time.time() - 2 * DAY,) * 2)
-    store.write_table("raw_c4", "s", pl.DataFrame({"a": [1]}))   # the first write into the folder sweeps
+    store.write_table("raw_c4", "s", pl.DataFrame({"a": [1]}))  # the first write into the folder sweeps
     assert not old.exists() and young.exists() and keep.exists()
     assert sorted(p.name for p in folder.iterdir()) == [".tmp-live-s.parquet", "other.parquet", "s.parquet"]
     assert sweep_temp_files(folder, 60, now=time.time() + 120) == [".tmp-live-s.parquet"]
 
 
 def test_a_sigkilled_writer_leaves_a_temp_file_that_a_later_run_sweeps(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, polars as pl\n"
-        "from mmc4_assets.storage import ShardStore\n"
-        f"store = ShardStore({str(tmp_path)!r})\n"
-        "with store.table_writer('fetched_images', 's', {'a': pl.Int64}) as out:\n"
-        "    out.write(pl.DataFrame({'a': list(range(1000))}))\n"
-        "    print('writing', flush=True)\n"
-        "    time.sleep(60)\n")], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time, polars as pl\n"
+                "from mmc4_assets.storage import ShardStore\n"
+                f"store = ShardStore({str(tmp_path)!r})\n"
+                "with store.table_writer('fetched_images', 's', {'a': pl.Int64}) as out:\n"
+                "    out.write(pl.DataFrame({'a': list(range(1000))}))\n"
+                "    print('writing', flush=True)\n"
+                "    time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     try:
         assert child.stdout.readline().strip() == b"writing"
     finally:
@@ -92,7 +108,7 @@ def test_a_sigkilled_writer_leaves_a_temp_file_that_a_later_run_sweeps(tmp_path)
     (leftover,) = [p for p in folder.iterdir()]
     assert leftover.name.startswith(".tmp-") and leftover.name.endswith("-s.parquet")
     ShardStore(tmp_path).write_table("fetched_images", "s", pl.DataFrame({"a": [1]}))
-    assert leftover.exists()   # young: it could be a concurrent run's
+    assert leftover.exists()  # young: it could be a concurrent run's
     os.utime(leftover, (time.time() - 2 * DAY,) * 2)
     ShardStore(tmp_path).write_table("fetched_images", "s", pl.DataFrame({"a": [2]}))
     assert [p.name for p in folder.iterdir()] == ["s.parquet"]

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from mmc4_reference import reference_assignment
 
 from mmc4_assets.assign.linear import THRESHOLDED_ARGMAX
 from mmc4_assets.assign.resolve import reassign
@@ -25,10 +24,11 @@ from mmc4_assets.publish.mmc4_format import make_document
 from mmc4_assets.publish.subsets import FF, FULL, CoreRules, subset_versions
 from mmc4_assets.quality.rules import assignment_problems, published_assignment_rules
 from mmc4_assets.stats import StepStats
+from mmc4_reference import reference_assignment
 
 # -- the rules on plain data ----------------------------------------------------------------
 
-SIM = [[0.40, 0.01, 0.05], [0.30, 0.02, 0.20]]   # MMC4: image 0 -> 0, image 1 -> 2 (total 0.60)
+SIM = [[0.40, 0.01, 0.05], [0.30, 0.02, 0.20]]  # MMC4: image 0 -> 0, image 1 -> 2 (total 0.60)
 
 
 def test_a_conforming_document_has_no_problem():
@@ -38,11 +38,14 @@ def test_a_conforming_document_has_no_problem():
     assert assignment_problems(wide, [0, 1, 0], [0.5, 0.3, 0.6], 0.15) == []
 
 
-@pytest.mark.parametrize("idx, sims, problem", [
-    ([0, 2], [0.40, 0.25], "matched_sim_not_matrix_entry"),
-    ([0, 1], [0.40, 0.02], "total_not_optimal"),                # 0.42 < 0.60
-    ([0, 0], [0.40, 0.30], "surplus_rule_broken"),              # shared although sentences suffice
-])
+@pytest.mark.parametrize(
+    "idx, sims, problem",
+    [
+        ([0, 2], [0.40, 0.25], "matched_sim_not_matrix_entry"),
+        ([0, 1], [0.40, 0.02], "total_not_optimal"),  # 0.42 < 0.60
+        ([0, 0], [0.40, 0.30], "surplus_rule_broken"),  # shared although sentences suffice
+    ],
+)
 def test_each_rule_catches_its_violation(idx, sims, problem):
     assert problem in assignment_problems(SIM, idx, sims, 0.15)
 
@@ -65,10 +68,26 @@ def test_the_named_variant_is_checked_by_its_own_promise():
 
 
 def test_published_rules_count_documents_and_skip_malformed_lines():
-    good = json.dumps({"url": "u", "similarity_matrix": SIM, "image_info": [
-        {"matched_text_index": 0, "matched_sim": 0.4}, {"matched_text_index": 2, "matched_sim": 0.2}]})
-    bad = json.dumps({"url": "v", "similarity_matrix": SIM, "image_info": [
-        {"matched_text_index": 0, "matched_sim": 0.4}, {"matched_text_index": 0, "matched_sim": 0.3}]})
+    good = json.dumps(
+        {
+            "url": "u",
+            "similarity_matrix": SIM,
+            "image_info": [
+                {"matched_text_index": 0, "matched_sim": 0.4},
+                {"matched_text_index": 2, "matched_sim": 0.2},
+            ],
+        }
+    )
+    bad = json.dumps(
+        {
+            "url": "v",
+            "similarity_matrix": SIM,
+            "image_info": [
+                {"matched_text_index": 0, "matched_sim": 0.4},
+                {"matched_text_index": 0, "matched_sim": 0.3},
+            ],
+        }
+    )
     out = published_assignment_rules([good.encode(), bad.encode(), b"not json"], 0.15)
     assert out.failures["assignment_surplus_rule_broken"] == 1
     assert out.failures["assignment_total_not_optimal"] == 1
@@ -77,15 +96,32 @@ def test_published_rules_count_documents_and_skip_malformed_lines():
 
 # -- re-solving after images are dropped ------------------------------------------------------
 
+
 def _assigned_row(sim, phashes, names=None):
     names = names or [f"im{i}" for i in range(len(sim))]
     kept, idx, sims, surplus = reference_assignment(sim, 0.15)
     assert all(kept)
-    return {"doc_id": "s:1", "url": "https://s.test/1", "text_list": [f"S{j}." for j in range(len(sim[0]))],
-            "image_info": [{"image_index": i, "image_name": names[i], "raw_url": f"https://i.test/{i}",
-                            "phash": h, "matched_text_index": idx[i], "matched_sim": sims[i], "surplus": surplus[i]}
-                           for i, h in enumerate(phashes)],
-            "similarity_matrix": sim, "num_candidates": len(sim), "assignment": "mmc4", "min_similarity": 0.15}
+    return {
+        "doc_id": "s:1",
+        "url": "https://s.test/1",
+        "text_list": [f"S{j}." for j in range(len(sim[0]))],
+        "image_info": [
+            {
+                "image_index": i,
+                "image_name": names[i],
+                "raw_url": f"https://i.test/{i}",
+                "phash": h,
+                "matched_text_index": idx[i],
+                "matched_sim": sims[i],
+                "surplus": surplus[i],
+            }
+            for i, h in enumerate(phashes)
+        ],
+        "similarity_matrix": sim,
+        "num_candidates": len(sim),
+        "assignment": "mmc4",
+        "min_similarity": 0.15,
+    }
 
 
 def test_dedup_reassigns_a_document_that_lost_a_copy():
@@ -105,18 +141,24 @@ def test_dedup_reassigns_a_document_that_lost_a_copy():
 
 def test_corpus_rules_reassign_and_subsets_keep_the_full_sets_placement():
     sim = [[0.35, 0.10, 0.05], [0.30, 0.25, 0.0], [0.20, 0.50, 0.16], [0.18, 0.17, 0.16]]
-    row = {**_assigned_row(sim, ["1" * 16, "2" * 16, "4" * 16, "8" * 16], ["a", "b", "c", "d"]),
-           "could_have_url_duplicate": 0}
-    scores = {"a": ImageScore(0.0, False, 0.9, True), "b": ImageScore(0.0, False, 0.0, False),
-              "c": ImageScore(0.9, True, 0.0, False), "d": ImageScore(0.0, False, 0.0, False)}
-    doc = apply_corpus_rules(row, ShardRules("s", scores=scores, nsfw_on=True, face_on=True),
-                             StepStats(), StepStats())
-    kept = [sim[0], sim[1], sim[3]]                       # c is NSFW
+    row = {
+        **_assigned_row(sim, ["1" * 16, "2" * 16, "4" * 16, "8" * 16], ["a", "b", "c", "d"]),
+        "could_have_url_duplicate": 0,
+    }
+    scores = {
+        "a": ImageScore(0.0, False, 0.9, True),
+        "b": ImageScore(0.0, False, 0.0, False),
+        "c": ImageScore(0.9, True, 0.0, False),
+        "d": ImageScore(0.0, False, 0.0, False),
+    }
+    doc = apply_corpus_rules(row, ShardRules("s", scores=scores, nsfw_on=True, face_on=True), StepStats(), StepStats())
+    kept = [sim[0], sim[1], sim[3]]  # c is NSFW
     _, want, _, _ = reference_assignment(kept, 0.15)
     assert [im["matched_text_index"] for im in doc["image_info"]] == want
-    versions = subset_versions(doc, [FF], "image", CoreRules(), {FULL: (StepStats(), StepStats()),
-                                                                 FF: (StepStats(), StepStats())})
-    ff = versions[FF]                                      # a has a face: gone, the rest keep their sentence
+    versions = subset_versions(
+        doc, [FF], "image", CoreRules(), {FULL: (StepStats(), StepStats()), FF: (StepStats(), StepStats())}
+    )
+    ff = versions[FF]  # a has a face: gone, the rest keep their sentence
     assert [im["image_name"] for im in ff["image_info"]] == ["b", "d"]
     assert [im["matched_text_index"] for im in ff["image_info"]] == want[1:]
 
@@ -130,23 +172,36 @@ def test_reassign_follows_the_documents_own_rule():
 
 # -- a 1,000-document shard near the threshold, end to end through the domain ---------------
 
+
 def _near_threshold_shard(rng: np.random.Generator, docs: int = 1000) -> pl.DataFrame:
     rows = []
     for d in range(docs):
         n, m = int(rng.integers(1, 9)), int(rng.integers(1, 12))
         sim = rng.normal(0.15, 0.03, (n, m))
-        if rng.random() < 0.3:                      # ties on the threshold and a sentence everyone wants
+        if rng.random() < 0.3:  # ties on the threshold and a sentence everyone wants
             sim = np.round(sim, 2)
             sim[:, rng.integers(0, m)] += 0.05
         base = [int(x) for x in rng.integers(0, 2**63, n)]
-        for i in range(1, n):                       # in-document copies: within 5 bits of an earlier image
+        for i in range(1, n):  # in-document copies: within 5 bits of an earlier image
             if rng.random() < 0.2:
                 base[i] = base[int(rng.integers(0, i))] ^ (1 << int(rng.integers(0, 64)))
-        rows.append({
-            "doc_id": f"syn:{d}", "url": f"https://syn.test/{d}", "text_list": [f"Sentence {j}." for j in range(m)],
-            "images": [{"image_index": i, "image_name": f"{d}-{i}.jpg", "raw_url": f"https://i.syn.test/{d}/{i}.jpg",
-                        "phash": f"{base[i]:016x}"} for i in range(n)],
-            "similarity_matrix": sim.astype(np.float32).tolist()})
+        rows.append(
+            {
+                "doc_id": f"syn:{d}",
+                "url": f"https://syn.test/{d}",
+                "text_list": [f"Sentence {j}." for j in range(m)],
+                "images": [
+                    {
+                        "image_index": i,
+                        "image_name": f"{d}-{i}.jpg",
+                        "raw_url": f"https://i.syn.test/{d}/{i}.jpg",
+                        "phash": f"{base[i]:016x}",
+                    }
+                    for i in range(n)
+                ],
+                "similarity_matrix": sim.astype(np.float32).tolist(),
+            }
+        )
     return pl.DataFrame(rows, schema=CLIP_SCORES_SCHEMA)
 
 
@@ -167,8 +222,17 @@ def _publish(frame: pl.DataFrame, rule: str = "mmc4") -> list[bytes]:
         doc = apply_corpus_rules(deduped, rules, docs, images)
         if doc is None:
             continue
-        lines.append(json.dumps(make_document(doc["url"], doc["text_list"], doc["image_info"],
-                                              doc["similarity_matrix"], doc["could_have_url_duplicate"])).encode())
+        lines.append(
+            json.dumps(
+                make_document(
+                    doc["url"],
+                    doc["text_list"],
+                    doc["image_info"],
+                    doc["similarity_matrix"],
+                    doc["could_have_url_duplicate"],
+                )
+            ).encode()
+        )
     assert images.dropped["phash_duplicate"] and images.dropped["frequent_image"] and images.dropped["nsfw"]
     return lines
 
@@ -189,15 +253,21 @@ def test_dropping_images_without_reassigning_breaks_mmc4s_assignment():
     assigned = assign_frame(frame, 0.15).frame
     broken = 0
     for row in assigned.iter_rows(named=True):
-        keep = [i for i, d in enumerate(dedup_in_document([im["phash"] for im in row["image_info"]], 5))
-                if d is None]
+        keep = [i for i, d in enumerate(dedup_in_document([im["phash"] for im in row["image_info"]], 5)) if d is None]
         if len(keep) == len(row["image_info"]):
             continue
-        frozen = [row["image_info"][i] for i in keep]        # placement kept from before the drop
+        frozen = [row["image_info"][i] for i in keep]  # placement kept from before the drop
         fixed = dedup_document(row, {}, 5, StepStats())["image_info"]
         sim = [row["similarity_matrix"][i] for i in keep]
-        assert assignment_problems(sim, [im["matched_text_index"] for im in fixed],
-                                   [im["matched_sim"] for im in fixed], 0.15) == []
-        broken += bool(assignment_problems(sim, [im["matched_text_index"] for im in frozen],
-                                           [im["matched_sim"] for im in frozen], 0.15))
+        assert (
+            assignment_problems(
+                sim, [im["matched_text_index"] for im in fixed], [im["matched_sim"] for im in fixed], 0.15
+            )
+            == []
+        )
+        broken += bool(
+            assignment_problems(
+                sim, [im["matched_text_index"] for im in frozen], [im["matched_sim"] for im in frozen], 0.15
+            )
+        )
     assert broken > 0

@@ -22,20 +22,32 @@ from mmc4_assets.storage import ShardStore
 
 
 def _capture(url_key, status, mime, time, archive, offset, shard="s", c4="2019-04-25T00:00:00Z"):
-    return {"shard": shard, "url_key": url_key, "c4_url": url_key, "c4_time": int(pd.Timestamp(c4).timestamp()),
-            "url": url_key, "capture_time": pd.Timestamp(time, tz="UTC"), "status": status, "mime": mime,
-            "source": "warc", "archive": archive, "record_offset": offset, "image_urls": [], "image_alts": [],
-            "image_positions": []}
+    return {
+        "shard": shard,
+        "url_key": url_key,
+        "c4_url": url_key,
+        "c4_time": int(pd.Timestamp(c4).timestamp()),
+        "url": url_key,
+        "capture_time": pd.Timestamp(time, tz="UTC"),
+        "status": status,
+        "mime": mime,
+        "source": "warc",
+        "archive": archive,
+        "record_offset": offset,
+        "image_urls": [],
+        "image_alts": [],
+        "image_positions": [],
+    }
 
 
 def test_capture_rule_html_200_first_then_closest_then_archive_and_offset():
     rows = [
-        _capture("k1", 404, "text/html", "2019-04-25T00:00:00", "a", 0),       # closest, but 404
-        _capture("k1", 200, "text/html", "2019-04-20T00:00:00", "b", 10),      # 5 days: chosen
-        _capture("k1", 200, "text/html", "2019-05-10T00:00:00", "a", 20),      # 15 days
-        _capture("k2", 200, "text/html", "2019-04-24T00:00:00", "z", 5),       # tie on distance ...
-        _capture("k2", 200, "text/html", "2019-04-26T00:00:00", "c", 9),       # ... archive "c" < "z"
-        _capture("k3", 301, "text/html", "2019-04-25T00:00:00", "a", 1),       # nothing better: kept
+        _capture("k1", 404, "text/html", "2019-04-25T00:00:00", "a", 0),  # closest, but 404
+        _capture("k1", 200, "text/html", "2019-04-20T00:00:00", "b", 10),  # 5 days: chosen
+        _capture("k1", 200, "text/html", "2019-05-10T00:00:00", "a", 20),  # 15 days
+        _capture("k2", 200, "text/html", "2019-04-24T00:00:00", "z", 5),  # tie on distance ...
+        _capture("k2", 200, "text/html", "2019-04-26T00:00:00", "c", 9),  # ... archive "c" < "z"
+        _capture("k3", 301, "text/html", "2019-04-25T00:00:00", "a", 1),  # nothing better: kept
     ]
     for order in (rows, rows[::-1]):
         best = rank_captures(pd.DataFrame(order)).set_index("url_key")
@@ -54,18 +66,27 @@ def _crawl(root, n_archives=3, n_shards=3, pages=12):
         for i in range(pages):
             url = f"https://s{(a * pages + i) % n_shards}.test/p{a}-{i}"
             if i == 0:
-                url = "https://shared.test/page"   # in every archive, captured a day apart
+                url = "https://shared.test/page"  # in every archive, captured a day apart
             http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(
-                url, "response", payload=io.BytesIO(f'<img src="/img/{a}-{i}.jpg" alt="{i}">'.encode()),
-                http_headers=http, warc_headers_dict={"WARC-Date": f"2019-04-2{a}T00:00:00Z"}))
+            writer.write_record(
+                writer.create_warc_record(
+                    url,
+                    "response",
+                    payload=io.BytesIO(f'<img src="/img/{a}-{i}.jpg" alt="{i}">'.encode()),
+                    http_headers=http,
+                    warc_headers_dict={"WARC-Date": f"2019-04-2{a}T00:00:00Z"},
+                )
+            )
         write_page_records(store, f"arch-{a}", io.BytesIO(buf.getvalue()), f"arch-{a}")
         tables.append(Location(str(store.table_path("page_records", f"arch-{a}").path)))
     shard_files = {}
     for s in range(n_shards):
-        lines = [json.dumps({"text": "A. B.", "timestamp": "2019-04-21T06:00:00Z", "url": u})
-                 for a in range(n_archives) for i in range(pages)
-                 if (u := f"https://s{s}.test/p{a}-{i}") and (a * pages + i) % n_shards == s and i]
+        lines = [
+            json.dumps({"text": "A. B.", "timestamp": "2019-04-21T06:00:00Z", "url": u})
+            for a in range(n_archives)
+            for i in range(pages)
+            if (u := f"https://s{s}.test/p{a}-{i}") and (a * pages + i) % n_shards == s and i
+        ]
         lines.append(json.dumps({"text": "A.", "timestamp": "2019-04-21T06:00:00Z", "url": "https://shared.test/page"}))
         path = root / f"shard-{s}.json.gz"
         path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
@@ -103,7 +124,7 @@ def test_sensors_register_archives_then_join_new_shards_in_one_run(tmp_path):
     instance.add_dynamic_partitions(archives.name, found.dynamic_partitions_requests[0].partition_keys)
 
     result = shard_discovery_sensor(dg.build_sensor_context(instance=instance), source=source)
-    [join] = result.run_requests   # one join for both new shards, no shard run before its pages exist
+    [join] = result.run_requests  # one join for both new shards, no shard run before its pages exist
     assert join.job_name == "shard_pages_job"
     assert join.tags["dagster/asset_partition_range_start"] == "c4.00000"
     assert join.tags["dagster/asset_partition_range_end"] == "c4.00001"
@@ -129,8 +150,13 @@ def test_the_join_refuses_to_run_without_any_page_records(tmp_path):
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, ["c4-sample.00000-of-00001"])
-    result = dg.materialize([shard_pages], partition_key="c4-sample.00000-of-00001", instance=instance,
-                            resources=sample_resources(str(tmp_path)), raise_on_error=False)
+    result = dg.materialize(
+        [shard_pages],
+        partition_key="c4-sample.00000-of-00001",
+        instance=instance,
+        resources=sample_resources(str(tmp_path)),
+        raise_on_error=False,
+    )
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "no page records to join" in failure and not (tmp_path / "tables" / "shard_pages").exists()

@@ -37,9 +37,14 @@ def _records(n: int, gz: bool) -> bytes:
     writer = WARCWriter(buf, gzip=gz)
     for i in range(n):
         http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-        writer.write_record(writer.create_warc_record(
-            f"https://broken.test/{i}", "response", http_headers=http,
-            payload=io.BytesIO(f'<img src="/{i}.jpg" alt="a">'.encode())))
+        writer.write_record(
+            writer.create_warc_record(
+                f"https://broken.test/{i}",
+                "response",
+                http_headers=http,
+                payload=io.BytesIO(f'<img src="/{i}.jpg" alt="a">'.encode()),
+            )
+        )
     return buf.getvalue()
 
 
@@ -58,11 +63,18 @@ def wrong_chunks(n: int = 3) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("data, reason, pages", [
-    (non_chunked_gzip(), "archive_read_error_non_chunked_gzip", 1),
-    (wrong_chunks(), "archive_read_error_unknown_format", 0),
-    (_records(3, gz=True) + gzip.compress(b"<html>not a record</html>\r\n\r\n"), "archive_read_error_unknown_format", 3),
-])
+@pytest.mark.parametrize(
+    "data, reason, pages",
+    [
+        (non_chunked_gzip(), "archive_read_error_non_chunked_gzip", 1),
+        (wrong_chunks(), "archive_read_error_unknown_format", 0),
+        (
+            _records(3, gz=True) + gzip.compress(b"<html>not a record</html>\r\n\r\n"),
+            "archive_read_error_unknown_format",
+            3,
+        ),
+    ],
+)
 def test_warcio_iteration_errors_are_counted_reasons(data, reason, pages):
     stats, progress = StepStats(), ArchiveProgress()
     got = list(iter_page_records(io.BytesIO(data), "x.warc.gz", stats, progress))
@@ -83,19 +95,29 @@ def _archive_partitions(tmp_path, extra: dict[str, bytes]):
 
 
 def test_a_broken_archive_fails_only_its_partition_and_never_blocks_the_others(tmp_path):
-    patterns = _archive_partitions(tmp_path, {"bad-non-chunked.warc.gz": non_chunked_gzip(),
-                                              "bad-wrong-chunks.warc.gz": wrong_chunks()})
+    patterns = _archive_partitions(
+        tmp_path, {"bad-non-chunked.warc.gz": non_chunked_gzip(), "bad-wrong-chunks.warc.gz": wrong_chunks()}
+    )
     resources = sample_resources(str(tmp_path / "store"), page_archives=patterns)
     keys = list(resources["source"].archive_keys())
-    assert keys == ["bad-non-chunked.warc.gz", "bad-wrong-chunks.warc.gz", "sample-pages.warc.gz",
-                    "sample-pages.wat.gz"]
+    assert keys == [
+        "bad-non-chunked.warc.gz",
+        "bad-wrong-chunks.warc.gz",
+        "sample-pages.warc.gz",
+        "sample-pages.wat.gz",
+    ]
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(archives.name, keys)
     instance.add_dynamic_partitions(shards.name, [SHARD])
     outcomes = {}
     for key in keys:
-        result = dg.materialize([page_records, page_records_complete], partition_key=key, instance=instance,
-                                resources=resources, raise_on_error=False)
+        result = dg.materialize(
+            [page_records, page_records_complete],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+        )
         outcomes[key] = result
     # one gzip stream around all records: read whole (warcio's advice), every page recovered
     recovered = outcomes["bad-non-chunked.warc.gz"]
@@ -123,12 +145,20 @@ def test_a_missing_archive_names_its_file(tmp_path):
     with pytest.raises(ArchiveReadError, match=str(tmp_path / "dir.warc.gz")):
         (tmp_path / "dir.warc.gz").mkdir()
         instance.add_dynamic_partitions(archives.name, ["dir.warc.gz"])
-        dg.materialize([page_records], partition_key="dir.warc.gz", instance=instance,
-                       resources=sample_resources(str(tmp_path), page_archives=[str(tmp_path / "*.warc.gz")]))
+        dg.materialize(
+            [page_records],
+            partition_key="dir.warc.gz",
+            instance=instance,
+            resources=sample_resources(str(tmp_path), page_archives=[str(tmp_path / "*.warc.gz")]),
+        )
 
 
-@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(
-    lambda s: "/" not in s and "\\" not in s and s not in (".", "..")), st.lists(st.sampled_from(["a", "b~", "%7E", "c d"]), max_size=3))
+@given(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(
+        lambda s: "/" not in s and "\\" not in s and s not in (".", "..")
+    ),
+    st.lists(st.sampled_from(["a", "b~", "%7E", "c d"]), max_size=3),
+)
 @settings(max_examples=200, deadline=None)
 def test_archive_keys_are_safe_and_reversible(name, dirs):
     rel = "/".join([*dirs, name])
@@ -141,30 +171,61 @@ def test_archive_keys_are_safe_and_reversible(name, dirs):
 
 _html = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda imgs, base: (f'<html><head>{base}</head><body>'
-                                  + "".join(f'<img src="{s}" alt="{a}">' for s, a in imgs) + "</body></html>").encode(),
-              st.lists(st.tuples(st.text(max_size=20), st.text(max_size=10)), max_size=6),
-              st.sampled_from(["", '<base href="https://cdn.test/x/">', '<base href="::bad">'])))
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                     max_leaves=10)
+    st.builds(
+        lambda imgs, base: (
+            f"<html><head>{base}</head><body>"
+            + "".join(f'<img src="{s}" alt="{a}">' for s, a in imgs)
+            + "</body></html>"
+        ).encode(),
+        st.lists(st.tuples(st.text(max_size=20), st.text(max_size=10)), max_size=6),
+        st.sampled_from(["", '<base href="https://cdn.test/x/">', '<base href="::bad">']),
+    ),
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
 _wat = st.one_of(
     st.binary(max_size=200),
     _json.map(lambda j: json.dumps(j).encode()),
-    st.builds(lambda url, links, status, kind: json.dumps({"Envelope": {
-        "WARC-Header-Metadata": {"WARC-Type": kind, "WARC-Target-URI": url},
-        "Payload-Metadata": {"HTTP-Response-Metadata": {"Response-Message": {"Status": status},
-                                                        "HTML-Metadata": {"Links": links}}}}}).encode(),
-        st.text(max_size=30), st.lists(st.fixed_dictionaries({"path": st.sampled_from(["IMG@/src", "A@/href"]),
-                                                             "url": st.text(max_size=20)}), max_size=5),
-        st.one_of(st.integers(), st.text(max_size=4)), st.sampled_from(["response", "request", "metadata"])),
+    st.builds(
+        lambda url, links, status, kind: json.dumps(
+            {
+                "Envelope": {
+                    "WARC-Header-Metadata": {"WARC-Type": kind, "WARC-Target-URI": url},
+                    "Payload-Metadata": {
+                        "HTTP-Response-Metadata": {
+                            "Response-Message": {"Status": status},
+                            "HTML-Metadata": {"Links": links},
+                        }
+                    },
+                }
+            }
+        ).encode(),
+        st.text(max_size=30),
+        st.lists(
+            st.fixed_dictionaries({"path": st.sampled_from(["IMG@/src", "A@/href"]), "url": st.text(max_size=20)}),
+            max_size=5,
+        ),
+        st.one_of(st.integers(), st.text(max_size=4)),
+        st.sampled_from(["response", "request", "metadata"]),
+    ),
 )
 _record = st.one_of(
-    st.tuples(st.just("response"), st.sampled_from(["text/html", "text/plain", "image/jpeg", "", "TEXT/HTML; x"]),
-              st.sampled_from(["200 OK", "404 Not Found", "301 Moved"]), _html),
+    st.tuples(
+        st.just("response"),
+        st.sampled_from(["text/html", "text/plain", "image/jpeg", "", "TEXT/HTML; x"]),
+        st.sampled_from(["200 OK", "404 Not Found", "301 Moved"]),
+        _html,
+    ),
     st.tuples(st.just("metadata"), st.sampled_from(["application/json", "text/plain"]), st.just(""), _wat),
-    st.tuples(st.sampled_from(["request", "warcinfo", "resource", "conversion"]), st.just(""), st.just(""),
-              st.binary(max_size=100)),
+    st.tuples(
+        st.sampled_from(["request", "warcinfo", "resource", "conversion"]),
+        st.just(""),
+        st.just(""),
+        st.binary(max_size=100),
+    ),
 )
 
 
@@ -184,8 +245,9 @@ def _write(records, gz: bool) -> bytes:
         elif kind == "warcinfo":
             rec = writer.create_warcinfo_record("fuzz.warc.gz", {"software": payload.hex()[:20]})
         else:
-            rec = writer.create_warc_record(url, kind, payload=io.BytesIO(payload),
-                                            warc_content_type="application/octet-stream")
+            rec = writer.create_warc_record(
+                url, kind, payload=io.BytesIO(payload), warc_content_type="application/octet-stream"
+            )
         writer.write_record(rec)
     return buf.getvalue()
 
@@ -197,7 +259,7 @@ def test_fuzz_generated_records_are_all_accounted_for():
     @given(st.lists(_record, min_size=6, max_size=16), st.booleans(), st.integers(0, 3), st.randoms())
     def one(records, gz, damage, rnd):
         data = _write(records, gz)
-        if damage == 1:    # truncate
+        if damage == 1:  # truncate
             data = data[: rnd.randrange(1, len(data))]
         elif damage == 2:  # flip bytes
             buf = bytearray(data)
@@ -205,11 +267,11 @@ def test_fuzz_generated_records_are_all_accounted_for():
                 buf[rnd.randrange(len(buf))] ^= 0xFF
             data = bytes(buf)
         stats, progress = StepStats(), ArchiveProgress()
-        pages = list(iter_page_records(io.BytesIO(data), "fuzz.warc.gz", stats, progress))   # never raises
+        pages = list(iter_page_records(io.BytesIO(data), "fuzz.warc.gz", stats, progress))  # never raises
         assert len(pages) == stats.kept
         # every record warcio yielded is a page or one counted reason; an iteration error is one more
         assert stats.kept + stats.total_dropped == progress.records + (1 if progress.error else 0)
-        if damage in (0, 3):   # undamaged: every written record was read
+        if damage in (0, 3):  # undamaged: every written record was read
             assert progress.records == len(records) and progress.error is None
         totals["records"] += len(records)
         totals["read"] += progress.records

@@ -14,8 +14,15 @@ def test_defaults_are_mmc4s():
     assert (P.ClassifierSettings().nsfw_threshold, P.BlocklistRule().max_near_duplicates) == (0.1, 10)
     assert (P.BlocklistRule().max_distance, P.ExactCountSettings().max_docs_per_image) == (5, 10)
     assert P.DocIndexSettings().near_duplicate_jaccard == 0.8
-    assert P.CoreRules().as_dict() == {"min_sentences": 4, "max_sentences": 40, "min_images": 2, "max_images": 15,
-                                       "phash_threshold": 10, "min_sim": 0.25, "min_fraction": 0.75}
+    assert P.CoreRules().as_dict() == {
+        "min_sentences": 4,
+        "max_sentences": 40,
+        "min_images": 2,
+        "max_images": 15,
+        "phash_threshold": 10,
+        "min_sim": 0.25,
+        "min_fraction": 0.75,
+    }
 
 
 def test_configs_map_onto_the_settings_objects():
@@ -43,10 +50,10 @@ def test_table_params_travel_with_the_table(tmp_path):
     assert store.read_table("t", "s")["a"].to_list() == [1, 2]
     with store.table_writer("u", "s", {"a": pl.Int64}, {"rule": "x"}) as out:
         out.write(pl.DataFrame({"a": [3]}))
-        out.params["rows"] = out.rows    # counts known only at the end still travel
+        out.params["rows"] = out.rows  # counts known only at the end still travel
     assert store.read_table_params("u", "s") == {"rule": "x", "rows": 1}
     store.write_table("v", "s", pl.DataFrame({"a": [1]}))
-    assert store.read_table_params("v", "s") == {}   # a table from before: the check uses MMC4's default
+    assert store.read_table_params("v", "s") == {}  # a table from before: the check uses MMC4's default
 
 
 def test_checks_never_read_parameters_from_the_event_log():

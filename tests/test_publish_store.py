@@ -10,10 +10,20 @@ from mmc4_assets.storage import ShardStore
 
 
 def _doc(i=0):
-    return make_document(f"https://s.test/{i}", ["A.", "B."],
-                         [{"image_name": "ab.jpg", "raw_url": "https://i.test/a.jpg", "matched_text_index": 1,
-                           "matched_sim": 0.2734567891}],
-                         [[0.1, 0.2734567891]], 0)
+    return make_document(
+        f"https://s.test/{i}",
+        ["A.", "B."],
+        [
+            {
+                "image_name": "ab.jpg",
+                "raw_url": "https://i.test/a.jpg",
+                "matched_text_index": 1,
+                "matched_sim": 0.2734567891,
+            }
+        ],
+        [[0.1, 0.2734567891]],
+        0,
+    )
 
 
 def test_shard_filename_follows_mmc4():
@@ -24,20 +34,28 @@ def test_shard_filename_follows_mmc4():
 def test_document_has_exact_mmc4_fields_and_validates():
     doc = _doc()
     assert list(doc) == ["url", "text_list", "image_info", "similarity_matrix", "could_have_url_duplicate"]
-    assert list(doc["image_info"][0]) == ["image_name", "raw_url", "matched_text_index", "matched_sim",
-                                          "face_detections"]
+    assert list(doc["image_info"][0]) == [
+        "image_name",
+        "raw_url",
+        "matched_text_index",
+        "matched_sim",
+        "face_detections",
+    ]
     assert doc["image_info"][0]["matched_sim"] == 0.273457
     assert schema_errors(doc) == []
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("url"), "missing field url"),
-    (lambda d: d["image_info"][0].update(matched_text_index=2), "outside text_list"),
-    (lambda d: d["similarity_matrix"].append([0.1, 0.1]), "shape"),
-    (lambda d: d["similarity_matrix"][0].__setitem__(0, 1.5), "finite cosines"),
-    (lambda d: d.update(image_info=[]), "non-empty"),
-    (lambda d: d.update(extra=1), "unexpected field"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("url"), "missing field url"),
+        (lambda d: d["image_info"][0].update(matched_text_index=2), "outside text_list"),
+        (lambda d: d["similarity_matrix"].append([0.1, 0.1]), "shape"),
+        (lambda d: d["similarity_matrix"][0].__setitem__(0, 1.5), "finite cosines"),
+        (lambda d: d.update(image_info=[]), "non-empty"),
+        (lambda d: d.update(extra=1), "unexpected field"),
+    ],
+)
 def test_schema_errors_catch_broken_documents(mutate, message):
     doc = _doc()
     mutate(doc)
@@ -78,10 +96,9 @@ def test_table_writer_is_atomic_and_streams_batches(tmp_path):
         out.write(pl.DataFrame({"doc_id": ["z"], "n": [99], "xs": [[]]}, schema=schema))
     assert store.num_rows("t", "s1") == 11
     assert [b.height for b in store.iter_batches("t", "s1", batch_size=4)] == [4, 4, 3]
-    with pytest.raises(ValueError):
-        with store.table_writer("t", "s2", schema) as out:
-            out.append({"doc_id": "a", "n": 1, "xs": []})
-            raise ValueError("boom")
+    with pytest.raises(ValueError), store.table_writer("t", "s2", schema) as out:
+        out.append({"doc_id": "a", "n": 1, "xs": []})
+        raise ValueError("boom")
     assert not store.has_table("t", "s2")
     assert [p.name for p in (tmp_path / "tables" / "t").iterdir()] == ["s1.parquet"]
 

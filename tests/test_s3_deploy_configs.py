@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 import yaml
-from test_s3_support import loopback_s3
 
 from mmc4_assets.deploy.dagster_internals import (
     ConfigurableClassData,
@@ -32,13 +31,20 @@ from mmc4_assets.deploy.executors import (
     executor_for,
     load_executor_config,
 )
+from test_s3_support import loopback_s3
 
 HOME = Path(__file__).resolve().parents[1] / "dagster_home"
 DEPLOY = HOME / "deploy"
-PG_ENV = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USERNAME": "dagster",
-          "DAGSTER_PG_PASSWORD": "secret", "DAGSTER_PG_DB": "dagster",
-          "MMC4_COMPUTE_LOG_BUCKET": "mmc4-logs", "MMC4_COMPUTE_LOG_PREFIX": "compute-logs",
-          "MMC4_ECS_TASK_DEFINITION": "mmc4-run"}
+PG_ENV = {
+    "DAGSTER_PG_HOST": "127.0.0.1",
+    "DAGSTER_PG_PORT": "5432",
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "secret",
+    "DAGSTER_PG_DB": "dagster",
+    "MMC4_COMPUTE_LOG_BUCKET": "mmc4-logs",
+    "MMC4_COMPUTE_LOG_PREFIX": "compute-logs",
+    "MMC4_ECS_TASK_DEFINITION": "mmc4-run",
+}
 INSTANCE_FILES = [HOME / "dagster.yaml", HOME / "dagster.postgres.yaml", DEPLOY / "ecs" / "dagster.yaml"]
 
 
@@ -58,11 +64,11 @@ def test_instance_yaml_matches_dagsters_schemas(path, monkeypatch, tmp_path):
     for k, v in PG_ENV.items():
         monkeypatch.setenv(k, v)
     (tmp_path / "dagster.yaml").write_text(path.read_text())
-    config, _ = dagster_instance_config(str(tmp_path))   # raises DagsterInvalidConfigError on a bad file
+    config, _ = dagster_instance_config(str(tmp_path))  # raises DagsterInvalidConfigError on a bad file
     for section in _class_sections(config).values():
         _class_config(section)
     if path.name == "dagster.yaml" and path.parent == HOME:
-        assert "storage" not in config   # the embedded default stays SQLite under DAGSTER_HOME
+        assert "storage" not in config  # the embedded default stays SQLite under DAGSTER_HOME
     else:
         from dagster_postgres.utils import pg_url_from_config
 
@@ -91,8 +97,9 @@ def test_ecs_launcher_and_s3_compute_logs_build_against_loopback_aws(monkeypatch
         import boto3
 
         ecs = boto3.client("ecs", endpoint_url=s3.endpoint, region_name="us-east-1")
-        ecs.register_task_definition(family="mmc4-run", containerDefinitions=[
-            {"name": "run", "image": "mmc4-assets:test", "memory": 512}])
+        ecs.register_task_definition(
+            family="mmc4-run", containerDefinitions=[{"name": "run", "image": "mmc4-assets:test", "memory": 512}]
+        )
         s3.create_bucket("mmc4-logs")
         (tmp_path / "dagster.yaml").write_text((DEPLOY / "ecs" / "dagster.yaml").read_text())
         config, _ = dagster_instance_config(str(tmp_path))
@@ -124,9 +131,13 @@ def test_helm_values_parse_and_their_run_config_is_dagster_k8s_config():
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["MMC4_PROFILE"] == "production" and env["MMC4_EXECUTOR"] in ("multiprocess", "k8s")
     run_k8s = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
-    UserDefinedDagsterK8sConfig.from_dict({
-        "container_config": run_k8s.get("containerConfig", {}), "pod_spec_config": run_k8s.get("podSpecConfig", {}),
-        "job_spec_config": run_k8s.get("jobSpecConfig", {})})
+    UserDefinedDagsterK8sConfig.from_dict(
+        {
+            "container_config": run_k8s.get("containerConfig", {}),
+            "pod_spec_config": run_k8s.get("podSpecConfig", {}),
+            "job_spec_config": run_k8s.get("jobSpecConfig", {}),
+        }
+    )
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
 
 
@@ -135,7 +146,7 @@ def test_executor_configs_validate_and_place_gpu_steps(kind):
     config = load_executor_config(DEPLOY / kind / "executor.yaml")
     executor = executor_for(kind, config)
     assert executor.name == f"{kind}_by_device"
-    base = executor_for(kind)   # the unconfigured definition: its schema checks the file
+    base = executor_for(kind)  # the unconfigured definition: its schema checks the file
     result = process_config(base.config_schema.as_field().config_type, config)
     assert result.success, [e.message for e in result.errors]
 
@@ -156,14 +167,17 @@ def test_executor_configs_validate_and_place_gpu_steps(kind):
         assert overrides["cpu"] == "8192" and overrides["memory"] == "30720"
         container = EcsStepHandler._get_container_overrides(fake, gpu)
         assert container["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
-        assert "environment" not in container   # it would replace the step's own variables
+        assert "environment" not in container  # it would replace the step's own variables
         assert json.loads(gpu["ecs/run_task_kwargs"])["capacityProviderStrategy"][0]["capacityProvider"]
 
 
 def test_an_op_s_own_launcher_tags_win_over_the_device_mapping():
     tags = {DEVICE_TAG: "gpu", "ecs/cpu": "1024"}
-    assert device_step_tags(tags, {"gpu": {"ecs/cpu": "8192", "ecs/memory": "30720"}}) == \
-        {DEVICE_TAG: "gpu", "ecs/cpu": "1024", "ecs/memory": "30720"}
+    assert device_step_tags(tags, {"gpu": {"ecs/cpu": "8192", "ecs/memory": "30720"}}) == {
+        DEVICE_TAG: "gpu",
+        "ecs/cpu": "1024",
+        "ecs/memory": "30720",
+    }
 
 
 def test_placement_wraps_the_launchers_step_handler():
@@ -182,22 +196,24 @@ def test_placement_wraps_the_launchers_step_handler():
         def terminate_step(self, ctx):
             return iter(())
 
-    steps = [SimpleNamespace(key="clip_scores", tags={DEVICE_TAG: "gpu"}),
-             SimpleNamespace(key="raw_c4", tags={})]
+    steps = [SimpleNamespace(key="clip_scores", tags={DEVICE_TAG: "gpu"}), SimpleNamespace(key="raw_c4", tags={})]
     ctx = StepHandlerContext(instance=None, plan_context=None, steps=steps, execute_step_args=None)
     handler = DevicePlacementStepHandler(Recorder(), {"gpu": {"dagster-k8s/config": {"pod_spec_config": {}}}})
     list(handler.launch_step(ctx))
-    assert seen == {"clip_scores": {"dagster-k8s/config": '{"pod_spec_config": {}}', DEVICE_TAG: "gpu"},
-                    "raw_c4": {}}
+    assert seen == {"clip_scores": {"dagster-k8s/config": '{"pod_spec_config": {}}', DEVICE_TAG: "gpu"}, "raw_c4": {}}
     assert "gpu" in handler.name
 
 
 def test_code_location_loads_with_the_production_profile_and_each_executor(monkeypatch):
     from mmc4_assets.definitions import defs
 
-    env = {"MMC4_PROFILE": "production", "MMC4_STORAGE_ROOT": "s3://mmc4-prod/v1",
-           "MMC4_SHARDS_ROOT": "s3://mmc4-source/c4/en", "MMC4_S3_REGION": "us-east-1",
-           "MMC4_CC_INDEX_URL": "https://index.commoncrawl.org"}
+    env = {
+        "MMC4_PROFILE": "production",
+        "MMC4_STORAGE_ROOT": "s3://mmc4-prod/v1",
+        "MMC4_SHARDS_ROOT": "s3://mmc4-source/c4/en",
+        "MMC4_S3_REGION": "us-east-1",
+        "MMC4_CC_INDEX_URL": "https://index.commoncrawl.org",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     for kind in ("multiprocess", "k8s", "ecs"):

@@ -12,12 +12,12 @@ import zipfile
 import dagster as dg
 import polars as pl
 import pytest
-from test_s3_support import s3_server, upload_sample_source  # noqa: F401  (fixture)
 
 from mmc4_assets.definitions import defs
 from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.resources import sample_resources
 from mmc4_assets.storage import ShardStore
+from test_s3_support import s3_server, upload_sample_source  # noqa: F401  (fixture)
 
 SHARD = "c4-sample.00000-of-00001"
 BUCKET = "mmc4-pipeline"
@@ -32,11 +32,16 @@ def _materialize(resources):
     d = defs()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(shards.name, [SHARD])
-    return dg.materialize([*d.assets, *d.asset_checks], partition_key=SHARD, instance=instance,
-                          # the page stages (archive partitions, the join) are not in this run:
-                          # raw_c4 scans the sample's two archives itself
-                          selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
-                          resources=resources, raise_on_error=False)
+    return dg.materialize(
+        [*d.assets, *d.asset_checks],
+        partition_key=SHARD,
+        instance=instance,
+        # the page stages (archive partitions, the join) are not in this run:
+        # raw_c4 scans the sample's two archives itself
+        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("pages"),
+        resources=resources,
+        raise_on_error=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,9 @@ def runs(s3_server, tmp_path_factory):
     s3_server.create_bucket(BUCKET)
     shards_root, archives = upload_sample_source(s3_server, BUCKET)
     root = f"s3://{BUCKET}/mmc4/run-1"
-    remote = _materialize(sample_resources(root, shards_root=shards_root, page_archives=archives,
-                                           s3=s3_server.s3_resource()))
+    remote = _materialize(
+        sample_resources(root, shards_root=shards_root, page_archives=archives, s3=s3_server.s3_resource())
+    )
     return (ShardStore(local_root), local), (ShardStore(root, s3_server.storage_options()), remote)
 
 
@@ -61,11 +67,12 @@ def test_every_asset_and_check_succeeds_on_s3(runs):
     (_, local), (_, remote) = runs
     for result in (local, remote):
         assert result.success
-        assert ASSETS <= {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+        assert {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()} >= ASSETS
         checks = result.get_asset_check_evaluations()
         assert len(checks) >= len(ASSETS) and all(c.passed for c in checks)
-    assert {m.asset_key.to_user_string() for m in remote.get_asset_materialization_events()} == \
-        {m.asset_key.to_user_string() for m in local.get_asset_materialization_events()}
+    assert {m.asset_key.to_user_string() for m in remote.get_asset_materialization_events()} == {
+        m.asset_key.to_user_string() for m in local.get_asset_materialization_events()
+    }
 
 
 def test_outputs_are_on_s3_and_nothing_local(runs, s3_server):
@@ -79,8 +86,10 @@ def test_outputs_are_on_s3_and_nothing_local(runs, s3_server):
     assert not [k for k in published if "/.tmp" in k]
     zips = [k for k in published if k.endswith(".jsonl.zip")]
     assert zips and all(z[: -len(".jsonl.zip")] + ".manifest.json" in published for z in zips)
-    paths = {m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata["path"].value
-             for m in result.get_asset_materialization_events()}
+    paths = {
+        m.asset_key.to_user_string(): m.step_materialization_data.materialization.metadata["path"].value
+        for m in result.get_asset_materialization_events()
+    }
     assert all(p.startswith(f"s3://{BUCKET}/mmc4/run-1/") for p in paths.values())
 
 
@@ -92,8 +101,9 @@ def test_published_shard_read_back_from_s3_equals_the_local_run(runs):
     s3_manifest = json.loads(s3_store.path("published", MANIFEST).read_bytes())
     # the zip member has a fixed date (publish/shards.py): same documents, same bytes
     volatile = {"created_at"}
-    assert {k: v for k, v in s3_manifest.items() if k not in volatile} == \
-        {k: v for k, v in local_manifest.items() if k not in volatile}
+    assert {k: v for k, v in s3_manifest.items() if k not in volatile} == {
+        k: v for k, v in local_manifest.items() if k not in volatile
+    }
     from mmc4_assets.publish.shards import file_sha256
 
     assert s3_manifest["sha256"] == file_sha256(s3_store, ZIP) == local_manifest["sha256"]
@@ -110,7 +120,7 @@ def test_every_table_is_the_same_on_s3(runs, table):
 
 def test_scan_reads_s3_tables_lazily(runs):
     (local_store, _), (s3_store, _) = runs
-    query = (pl.col("status") == "ok")
+    query = pl.col("status") == "ok"
     got = s3_store.scan("fetched_images", SHARD).filter(query).select("image_name").collect()
     want = local_store.scan("fetched_images", SHARD).filter(query).select("image_name").collect()
     assert got.height > 0 and got.equals(want)

@@ -149,7 +149,7 @@ def _page_images_from_archives() -> dict[str, list[str]]:
         parser = _ImgCollector()
         parser.feed(body.decode("utf-8"))
         pages[url] = [urljoin(parser.base or url, src) for src in parser.srcs]
-    for rec_type, headers, body, _ in _records(wat_path):
+    for rec_type, _headers, body, _ in _records(wat_path):
         if rec_type != "metadata":
             continue
         envelope = json.loads(body)["Envelope"]

@@ -5,12 +5,12 @@ import os
 
 import polars as pl
 import pytest
-from test_s3_support import s3_server  # noqa: F401  (fixture)
 
 from mmc4_assets.defs.resources import ShardSource, StorageResource, s3_fields
 from mmc4_assets.publish.shards import read_manifest, read_shard, write_shard
 from mmc4_assets.storage import ShardStore
 from mmc4_assets.storage.s3 import options_for, s3fs_storage_options
+from test_s3_support import s3_server  # noqa: F401  (fixture)
 
 BUCKET = "mmc4-storage"
 
@@ -27,13 +27,26 @@ def _store(s3, prefix, **extra):
 
 def test_storage_options_follow_dagster_aws_field_names():
     assert s3fs_storage_options() == {}
-    opts = s3fs_storage_options(endpoint_url="http://127.0.0.1:9", region_name="eu-west-1",
-                                aws_access_key_id="k", aws_secret_access_key="s",
-                                aws_session_token="t", profile_name=None, use_unsigned_session=False,
-                                use_ssl=True, verify=False, max_attempts=7)
-    assert opts == {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s", "token": "t",
-                    "client_kwargs": {"region_name": "eu-west-1", "verify": False},
-                    "config_kwargs": {"retries": {"max_attempts": 7, "mode": "standard"}}}
+    opts = s3fs_storage_options(
+        endpoint_url="http://127.0.0.1:9",
+        region_name="eu-west-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        aws_session_token="t",
+        profile_name=None,
+        use_unsigned_session=False,
+        use_ssl=True,
+        verify=False,
+        max_attempts=7,
+    )
+    assert opts == {
+        "endpoint_url": "http://127.0.0.1:9",
+        "key": "k",
+        "secret": "s",
+        "token": "t",
+        "client_kwargs": {"region_name": "eu-west-1", "verify": False},
+        "config_kwargs": {"retries": {"max_attempts": 7, "mode": "standard"}},
+    }
     assert s3fs_storage_options(use_unsigned_session=True) == {"anon": True}
     assert options_for("/data/x", opts) == {} and options_for("s3://b/x", opts) == opts
 
@@ -50,10 +63,9 @@ def test_storage_resource_takes_its_endpoint_from_an_s3_resource(bucket):
 
 def test_failed_small_write_puts_nothing(bucket):
     store = _store(bucket, "small")
-    with pytest.raises(RuntimeError):
-        with store.open_atomic(store.path("tables", "t", "s.parquet")) as fh:
-            fh.write(b"partial")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), store.open_atomic(store.path("tables", "t", "s.parquet")) as fh:
+        fh.write(b"partial")
+        raise RuntimeError("killed")
     assert bucket.keys(BUCKET, "small/") == []
 
 
@@ -61,11 +73,10 @@ def test_failed_multipart_write_is_aborted_not_committed(bucket):
     # 5 MiB blocks (S3's minimum part size): 11 MiB makes s3fs start a multipart upload
     store = _store(bucket, "multipart", default_block_size=5 * 2**20)
     chunk = os.urandom(2**20)
-    with pytest.raises(RuntimeError):
-        with store.open_atomic(store.path("published", "big.zip")) as fh:
-            for _ in range(11):
-                fh.write(chunk)
-            raise RuntimeError("killed mid-shard")
+    with pytest.raises(RuntimeError), store.open_atomic(store.path("published", "big.zip")) as fh:
+        for _ in range(11):
+            fh.write(chunk)
+        raise RuntimeError("killed mid-shard")
     client = bucket.client()
     assert bucket.keys(BUCKET, "multipart/") == []
     assert not client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
@@ -86,8 +97,13 @@ def test_tables_blobs_and_published_shards_round_trip(bucket):
     assert store.scan("t", "s1").filter(pl.col("n") > 2).collect()["doc_id"].to_list() == ["d3", "d4"]
     assert store.put_blob("cd" * 32, b"img") is True and store.put_blob("cd" * 32, b"img") is False
     assert store.get_blob("cd" * 32 + ".jpg") == b"img"
-    doc = {"url": "https://a.test/", "text_list": ["A."], "image_info": [], "similarity_matrix": [],
-           "could_have_url_duplicate": 0}
+    doc = {
+        "url": "https://a.test/",
+        "text_list": ["A."],
+        "image_info": [],
+        "similarity_matrix": [],
+        "could_have_url_duplicate": 0,
+    }
     pub = write_shard(store, "docs_shard_3_v2.jsonl.zip", iter([doc, doc]), {"model": "m"})
     assert read_shard(store, pub.zip_name) == [doc, doc]
     assert read_manifest(store, pub.manifest_name)["sha256"] == pub.sha256
@@ -99,16 +115,25 @@ def test_tables_blobs_and_published_shards_round_trip(bucket):
 def test_shard_source_lists_globs_and_streams_s3(bucket):
     client = bucket.client()
     for key in ("c4-train.00001-of-01024", "c4-train.00000-of-01024"):
-        client.put_object(Bucket=BUCKET, Key=f"src/c4/{key}.json.gz",
-                          Body=gzip.compress(b'{"text": "A.", "timestamp": "t", "url": "https://a.test/"}\n'))
+        client.put_object(
+            Bucket=BUCKET,
+            Key=f"src/c4/{key}.json.gz",
+            Body=gzip.compress(b'{"text": "A.", "timestamp": "t", "url": "https://a.test/"}\n'),
+        )
     client.put_object(Bucket=BUCKET, Key="src/c4/notes.txt", Body=b"x")
     for name in ("b.warc.gz", "a.wat.gz", "skip.txt"):
         client.put_object(Bucket=BUCKET, Key=f"src/pages/{name}", Body=b"x")
-    source = ShardSource(shards_root=f"s3://{BUCKET}/src/c4", **s3_fields(bucket.s3_resource()),
-                         page_archives=[f"s3://{BUCKET}/src/pages/*.gz", f"s3://{BUCKET}/src/pages/skip.txt"])
+    source = ShardSource(
+        shards_root=f"s3://{BUCKET}/src/c4",
+        **s3_fields(bucket.s3_resource()),
+        page_archives=[f"s3://{BUCKET}/src/pages/*.gz", f"s3://{BUCKET}/src/pages/skip.txt"],
+    )
     assert source.list_shards() == ["c4-train.00000-of-01024", "c4-train.00001-of-01024"]
-    assert source.archive_paths() == [f"s3://{BUCKET}/src/pages/a.wat.gz", f"s3://{BUCKET}/src/pages/b.warc.gz",
-                                      f"s3://{BUCKET}/src/pages/skip.txt"]
+    assert source.archive_paths() == [
+        f"s3://{BUCKET}/src/pages/a.wat.gz",
+        f"s3://{BUCKET}/src/pages/b.warc.gz",
+        f"s3://{BUCKET}/src/pages/skip.txt",
+    ]
     with source.open(str(source.shard_path("c4-train.00000-of-01024"))) as fh, gzip.open(fh) as lines:
         assert b'"url": "https://a.test/"' in next(iter(lines))
     # a new shard shows up on the next listing (the sensor lists every tick)

@@ -4,8 +4,19 @@ import hashlib
 
 import pytest
 
-from mmc4_assets.publish.subsets import (CORE, CORE_FF, FF, FULL, SUBSETS, CoreRules, core_document, subset_filename,
-                                         subset_folder, subset_versions, without_faces)
+from mmc4_assets.publish.subsets import (
+    CORE,
+    CORE_FF,
+    FF,
+    FULL,
+    SUBSETS,
+    CoreRules,
+    core_document,
+    subset_filename,
+    subset_folder,
+    subset_versions,
+    without_faces,
+)
 from mmc4_assets.stats import StepStats
 
 RULES = CoreRules()
@@ -19,11 +30,24 @@ def _phash(i: int) -> str:
 def _doc(sentences=5, sims=(0.3, 0.3), phashes=None, faces=None):
     phashes = phashes or [_phash(i) for i in range(len(sims))]
     faces = faces or [False] * len(sims)
-    return {"doc_id": "d", "url": "https://s.test/d", "text_list": [f"S{i}." for i in range(sentences)],
-            "image_info": [{"image_name": f"{i}.jpg", "raw_url": f"https://i.test/{i}.jpg", "phash": ph,
-                            "matched_text_index": 0, "matched_sim": s, "has_face": f}
-                           for i, (s, ph, f) in enumerate(zip(sims, phashes, faces))],
-            "similarity_matrix": [[s] * sentences for s in sims], "could_have_url_duplicate": 0}
+    return {
+        "doc_id": "d",
+        "url": "https://s.test/d",
+        "text_list": [f"S{i}." for i in range(sentences)],
+        "image_info": [
+            {
+                "image_name": f"{i}.jpg",
+                "raw_url": f"https://i.test/{i}.jpg",
+                "phash": ph,
+                "matched_text_index": 0,
+                "matched_sim": s,
+                "has_face": f,
+            }
+            for i, (s, ph, f) in enumerate(zip(sims, phashes, faces))
+        ],
+        "similarity_matrix": [[s] * sentences for s in sims],
+        "could_have_url_duplicate": 0,
+    }
 
 
 def _core(doc):
@@ -34,8 +58,9 @@ def _core(doc):
 
 def test_distinct_test_phashes_are_far_apart():
     from mmc4_assets.dedup.phash import hamming
+
     hashes = [_phash(i) for i in range(16)]
-    assert min(hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 10
+    assert min(hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1 :]) > 10
 
 
 @pytest.mark.parametrize("sentences, kept", [(3, False), (4, True), (40, True), (41, False)])
@@ -53,8 +78,8 @@ def test_core_image_range_is_2_to_15(images, kept):
 
 
 def test_core_similarity_share_75_percent_kept_below_dropped():
-    assert _core(_doc(sims=(0.3, 0.3, 0.3, 0.2)))[0] is not None            # 3/4 = 75 %
-    out, dropped = _core(_doc(sims=(0.3, 0.3, 0.2, 0.2, 0.3)))               # 3/5 = 60 %
+    assert _core(_doc(sims=(0.3, 0.3, 0.3, 0.2)))[0] is not None  # 3/4 = 75 %
+    out, dropped = _core(_doc(sims=(0.3, 0.3, 0.2, 0.2, 0.3)))  # 3/5 = 60 %
     assert out is None and dropped == {"low_similarity": 1}
 
 
@@ -109,8 +134,9 @@ def test_subset_file_names_and_folders():
 def test_core_ff_is_core_of_the_ff_document():
     stats = {s: (StepStats(), StepStats()) for s in (FULL, *SUBSETS)}
     # three well-matched images, one a face: core keeps 3, ff keeps 2, core-ff keeps those 2
-    out = subset_versions(_doc(sims=(0.3, 0.3, 0.3), faces=[True, False, False]), [FULL, *SUBSETS], "image",
-                          RULES, stats)
+    out = subset_versions(
+        _doc(sims=(0.3, 0.3, 0.3), faces=[True, False, False]), [FULL, *SUBSETS], "image", RULES, stats
+    )
     assert {s: len(d["image_info"]) for s, d in out.items()} == {FULL: 3, FF: 2, CORE: 3, CORE_FF: 2}
     # two images, one a face: ff keeps 1, too few for core-ff
     out = subset_versions(_doc(sims=(0.3, 0.3), faces=[True, False]), [FULL, *SUBSETS], "image", RULES, stats)

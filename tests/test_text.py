@@ -12,7 +12,7 @@ TEXT = "Dr. Smith grows tomatoes, e.g. Roma ones. Do they need sun?\nYes! Lots o
 TRICKY = [
     "Dr. Smith went to Washington D.C. on Jan. 5. He met Mr. Jones at 3 p.m. and left.",
     "The U.S. economy grew 2.5 per cent. Prices rose, i.e. inflation. Then what?",
-    "He said \"Stop.\" Then he left. (See Fig. 3.) It was late... Really late!",
+    'He said "Stop." Then he left. (See Fig. 3.) It was late... Really late!',
     "Call 555-1234 now!!! Offer ends 12/31. St. Louis, Mo. is nice. J. R. R. Tolkien wrote it.",
     "Version 1.2.3 is out. Visit www.example.com. E-mail: a.b@c.com. No. 5 is gone.",
     "“Quoted.” Next sentence. ‘Single.’ And another one? Yes.",
@@ -22,12 +22,21 @@ TRICKY = [
 def test_sentences_follow_punkt_and_paragraphs():
     # NLTK's English punkt knows "Dr." but not "e.g." (MMC4's text_list has the same split)
     assert split_sentences(TEXT) == [
-        "Dr. Smith grows tomatoes, e.g.", "Roma ones.", "Do they need sun?", "Yes!", "Lots of it."]
+        "Dr. Smith grows tomatoes, e.g.",
+        "Roma ones.",
+        "Do they need sun?",
+        "Yes!",
+        "Lots of it.",
+    ]
 
 
 def test_pysbd_stays_available_as_a_named_splitter():
     assert split_sentences(TEXT, splitter="pysbd") == [
-        "Dr. Smith grows tomatoes, e.g. Roma ones.", "Do they need sun?", "Yes!", "Lots of it."]
+        "Dr. Smith grows tomatoes, e.g. Roma ones.",
+        "Do they need sun?",
+        "Yes!",
+        "Lots of it.",
+    ]
     with pytest.raises(ValueError, match="unknown sentence splitter"):
         split_sentences(TEXT, splitter="spacy")
 

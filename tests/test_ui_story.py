@@ -158,4 +158,8 @@ def test_groups_tell_the_checks_story():
     )
     assert {k for k, g in groups.items() if g == "pages"} == {"page_records", "shard_pages"}
     assert {k for k, g in groups.items() if g == "corpus"} == {
-        "image_hash_counts", "doc_fingerprints", "corpus_image_counts", "corpus_doc_index"}
+        "image_hash_counts",
+        "doc_fingerprints",
+        "corpus_image_counts",
+        "corpus_doc_index",
+    }

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 LIST_PARAMS = frozenset({"limit", "offset", "subset", "shard", "min_images", "min_matched_sim"})
 # query parameters that carry credentials elsewhere (RFC 6750's access_token and friends):
 # refused, and their values never reach the access log
-TOKEN_PARAMS = frozenset({"access_token", "token", "api_key", "apikey", "key", "auth", "authorization",
-                          "bearer", "password", "secret"})
+TOKEN_PARAMS = frozenset(
+    {"access_token", "token", "api_key", "apikey", "key", "auth", "authorization", "bearer", "password", "secret"}
+)
 
 
 @dataclass
@@ -37,15 +38,15 @@ class Settings:
     storage_root: str
     tokens_file: str
     storage_options: dict[str, Any] | None = None
-    cache_dir: str | None = None     # sidecars; default ~/.cache/mmc4-assets/api
-    index_ttl: float = 10.0          # seconds between manifest listings
+    cache_dir: str | None = None  # sidecars; default ~/.cache/mmc4-assets/api
+    index_ttl: float = 10.0  # seconds between manifest listings
     rate_limit: float | None = None  # requests per second per token; None: no limit
     burst: int | None = None
-    warm: bool = False               # build every shard's sidecar in the background
-    max_sync_builds: int = 64        # sidecars a filtered request may build itself before answering 503
-    max_auth_failures: int = 10      # failed token attempts a client may make at once ...
-    auth_failure_rate: float = 0.2   # ... then one per 1/rate seconds; over it: 429 before any PBKDF2
-    verify_workers: int = 1          # threads deriving PBKDF2 for tokens not seen before
+    warm: bool = False  # build every shard's sidecar in the background
+    max_sync_builds: int = 64  # sidecars a filtered request may build itself before answering 503
+    max_auth_failures: int = 10  # failed token attempts a client may make at once ...
+    auth_failure_rate: float = 0.2  # ... then one per 1/rate seconds; over it: 429 before any PBKDF2
+    verify_workers: int = 1  # threads deriving PBKDF2 for tokens not seen before
     max_pending_verifications: int = 16  # queued derivations beyond this answer 503 at once
 
 
@@ -71,8 +72,9 @@ class DocumentPage(BaseModel):
     offset: int
     limit: int
     next: int | None = Field(description="offset of the next page; null at the end")
-    index_version: str = Field(description="changes when the published set changes; offsets are "
-                                           "stable while it does not")
+    index_version: str = Field(
+        description="changes when the published set changes; offsets are stable while it does not"
+    )
 
 
 class ShardInfo(BaseModel):
@@ -108,10 +110,14 @@ class Error(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "a token was sent in the query string; use the Authorization header"},
     401: {"model": Error, "description": "missing, malformed or unknown Bearer token"},
-    429: {"model": Error, "description": "per-token rate limit, or this client's failed-token limit, "
-                                         "exceeded; see Retry-After"},
-    503: {"model": Error, "description": "a shard is being republished, or filter summaries are "
-                                         "still being built; see Retry-After"},
+    429: {
+        "model": Error,
+        "description": "per-token rate limit, or this client's failed-token limit, exceeded; see Retry-After",
+    },
+    503: {
+        "model": Error,
+        "description": "a shard is being republished, or filter summaries are still being built; see Retry-After",
+    },
 }
 
 DESCRIPTION = """\
@@ -166,8 +172,9 @@ def create_app(settings: Settings) -> FastAPI:
     cache = ShardCache(store, settings.cache_dir or default_cache_dir())
     dataset = Dataset(catalog, cache, max_sync_builds=settings.max_sync_builds)
     # fails here, at startup, on a bad tokens file; later bad versions are logged and skipped
-    verifier = TokenVerifier(settings.tokens_file, workers=settings.verify_workers,
-                             max_pending=settings.max_pending_verifications)
+    verifier = TokenVerifier(
+        settings.tokens_file, workers=settings.verify_workers, max_pending=settings.max_pending_verifications
+    )
     limiter = RateLimiter(settings.rate_limit, settings.burst) if settings.rate_limit else None
     failures = FailureLimiter(settings.max_auth_failures, settings.auth_failure_rate)
     install_access_log_redaction()
@@ -175,11 +182,17 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         snap = catalog.refresh()
-        log.info("serving %s: %d shards, %s; %d token(s)", store.uri("published"), len(snap.entries),
-                 snap.counts(), len(verifier.names))
+        log.info(
+            "serving %s: %d shards, %s; %d token(s)",
+            store.uri("published"),
+            len(snap.entries),
+            snap.counts(),
+            len(verifier.names),
+        )
         stop = threading.Event()
         warmer = None
         if settings.warm:
+
             def warm_loop() -> None:
                 while not stop.is_set():
                     dataset.warm(stop)
@@ -203,15 +216,22 @@ def create_app(settings: Settings) -> FastAPI:
         # a URL ends up in logs, proxies and browser history: credentials go in the header only
         sent = sorted({k for k in request.query_params if k.lower() in TOKEN_PARAMS})
         if sent:
-            return JSONResponse(status_code=400, content={"detail": (
-                f"credentials are not accepted in the query string ({', '.join(sent)}); send "
-                "'Authorization: Bearer <token>' instead, and treat a token sent this way as leaked")})
+            return JSONResponse(
+                status_code=400,
+                content={
+                    "detail": (
+                        f"credentials are not accepted in the query string ({', '.join(sent)}); send "
+                        "'Authorization: Bearer <token>' instead, and treat a token sent this way as leaked"
+                    )
+                },
+            )
         return await call_next(request)
 
     bearer = HTTPBearer(auto_error=False, description="an API token from the operator")
 
-    async def authenticated(request: Request,
-                            _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
+    async def authenticated(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    ) -> str:
         # parsed here rather than by HTTPBearer so every failure is a 401 with a challenge
         token, error = parse_authorization(request.headers.get("authorization"))
         if token is None:
@@ -220,9 +240,12 @@ def create_app(settings: Settings) -> FastAPI:
         if name is None:
             client = request.client.host if request.client else "unknown"
             wait = failures.retry_after(client)
-            if wait > 0:   # refused before any PBKDF2 work
-                raise HTTPException(status_code=429, detail="too many failed token attempts",
-                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            if wait > 0:  # refused before any PBKDF2 work
+                raise HTTPException(
+                    status_code=429,
+                    detail="too many failed token attempts",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             # counted as a failure now (also while in flight), given back if the token verifies
             failures.failed(client)
             if not known:
@@ -231,35 +254,43 @@ def create_app(settings: Settings) -> FastAPI:
                     name = await verifier.verify_async(token)
                 except VerifierBusy:
                     failures.refund(client)
-                    raise HTTPException(status_code=503, detail="token verification busy; retry shortly",
-                                        headers={"Retry-After": "1"}) from None
+                    raise HTTPException(
+                        status_code=503, detail="token verification busy; retry shortly", headers={"Retry-After": "1"}
+                    ) from None
             if name is None:
                 raise _unauthorized("invalid token", "invalid_token")
             failures.refund(client)
         if limiter is not None:
             wait = limiter.acquire(name)
             if wait > 0:
-                raise HTTPException(status_code=429, detail="rate limit exceeded",
-                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                raise HTTPException(
+                    status_code=429, detail="rate limit exceeded", headers={"Retry-After": str(max(1, math.ceil(wait)))}
+                )
         return name
 
     Token = Annotated[str, Depends(authenticated)]
 
     @app.exception_handler(InvalidQuery)
     async def invalid_query(request: Request, exc: InvalidQuery) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": [
-            {"type": "value_error", "loc": ["query", exc.param], "msg": exc.message}]})
+        return JSONResponse(
+            status_code=422,
+            content={"detail": [{"type": "value_error", "loc": ["query", exc.param], "msg": exc.message}]},
+        )
 
     @app.exception_handler(ShardUnavailable)
     async def shard_unavailable(request: Request, exc: ShardUnavailable) -> JSONResponse:
         log.warning("503: %s", exc)  # the reason may name storage paths: logged, not returned
-        return JSONResponse(status_code=503, headers={"Retry-After": "5"},
-                            content={"detail": f"shard {exc.key} is temporarily unavailable; retry shortly"})
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": "5"},
+            content={"detail": f"shard {exc.key} is temporarily unavailable; retry shortly"},
+        )
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
-        return JSONResponse(status_code=503, headers={"Retry-After": str(exc.retry_after)},
-                            content={"detail": str(exc)})
+        return JSONResponse(
+            status_code=503, headers={"Retry-After": str(exc.retry_after)}, content={"detail": str(exc)}
+        )
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> dict[str, Any]:
@@ -268,43 +299,55 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/datasets/mmc4", response_model=DocumentPage, responses=_ERRORS, tags=["mmc4"])
     def list_documents(
-        request: Request, _token: Token,
+        request: Request,
+        _token: Token,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="documents per page")] = 10,
         offset: Annotated[int, Query(ge=0, description="documents to skip")] = 0,
         subset: Annotated[str, Query(max_length=64, description="full, ff, core or core-ff")] = "full",
-        shard: Annotated[str | None, Query(max_length=128, description="only this shard "
-                                           "(see /datasets/mmc4/shards)")] = None,
-        min_images: Annotated[int | None, Query(ge=0, description="documents with at least this "
-                                                "many images")] = None,
-        min_matched_sim: Annotated[float | None, Query(ge=-1, le=1, allow_inf_nan=False,
-                                                       description="documents whose best image-sentence "
-                                                       "match has at least this similarity")] = None,
+        shard: Annotated[
+            str | None, Query(max_length=128, description="only this shard (see /datasets/mmc4/shards)")
+        ] = None,
+        min_images: Annotated[int | None, Query(ge=0, description="documents with at least this many images")] = None,
+        min_matched_sim: Annotated[
+            float | None,
+            Query(
+                ge=-1,
+                le=1,
+                allow_inf_nan=False,
+                description="documents whose best image-sentence match has at least this similarity",
+            ),
+        ] = None,
     ) -> Response:
         """A page of documents in stable order (shard, then line)."""
         unknown = sorted(set(request.query_params) - LIST_PARAMS)
         if unknown:
-            raise InvalidQuery(unknown[0], f"unknown query parameter {unknown[0]!r}; "
-                                           f"expected some of {sorted(LIST_PARAMS)}")
+            raise InvalidQuery(
+                unknown[0], f"unknown query parameter {unknown[0]!r}; expected some of {sorted(LIST_PARAMS)}"
+            )
         page = dataset.page(DatasetQuery(subset, shard, min_images, min_matched_sim), offset, limit)
         return _json(page.to_json())
 
     @app.get("/datasets/mmc4/shards", response_model=ShardList, responses=_ERRORS, tags=["mmc4"])
-    def list_shards(_token: Token,
-                    subset: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
+    def list_shards(_token: Token, subset: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
         """The published shards in serving order, with their manifests' counts."""
         snap, shards = dataset.shards(subset)
         return {"shards": shards, "index_version": snap.version}
 
-    @app.get("/datasets/mmc4/{doc_id}", response_model=Document,
-             responses={**_ERRORS, 404: {"model": Error, "description": "no document with that id"}},
-             tags=["mmc4"])
-    def get_document(_token: Token,
-                     doc_id: Annotated[str, Path(description="'{shard}-{line}' as in a page")]) -> Response:
+    @app.get(
+        "/datasets/mmc4/{doc_id}",
+        response_model=Document,
+        responses={**_ERRORS, 404: {"model": Error, "description": "no document with that id"}},
+        tags=["mmc4"],
+    )
+    def get_document(
+        _token: Token, doc_id: Annotated[str, Path(description="'{shard}-{line}' as in a page")]
+    ) -> Response:
         """One document by id."""
         body = dataset.document(doc_id)
         if body is None:
-            raise HTTPException(status_code=404, detail="no document with that id; ids look like "
-                                                        "'{shard}-{line}', e.g. '42-17'")
+            raise HTTPException(
+                status_code=404, detail="no document with that id; ids look like '{shard}-{line}', e.g. '42-17'"
+            )
         return _json(body)
 
     return app

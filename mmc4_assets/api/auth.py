@@ -51,10 +51,11 @@ class TokenHash:
     digest: bytes
 
     @classmethod
-    def parse(cls, name: str, encoded: object) -> "TokenHash":
+    def parse(cls, name: str, encoded: object) -> TokenHash:
         if not isinstance(encoded, str) or not encoded.startswith(ALGORITHM + "$"):
-            raise TokenFileError(f"token {name!r} is not a {ALGORITHM} hash; store hashes only "
-                                 "(python -m mmc4_assets.api hash-token)")
+            raise TokenFileError(
+                f"token {name!r} is not a {ALGORITHM} hash; store hashes only (python -m mmc4_assets.api hash-token)"
+            )
         try:
             _, iterations, salt, digest = encoded.split("$")
             parsed = cls(name, int(iterations), salt, base64.b64decode(digest, validate=True))
@@ -112,13 +113,14 @@ class VerifierBusy(RuntimeError):
 class TokenVerifier:
     """Maps a presented token to its configured name, or None."""
 
-    def __init__(self, tokens_file: str | os.PathLike, max_rejected: int = 4096,
-                 workers: int = 1, max_pending: int = 16):
+    def __init__(
+        self, tokens_file: str | os.PathLike, max_rejected: int = 4096, workers: int = 1, max_pending: int = 16
+    ):
         self.path = Path(tokens_file)
         self._lock = threading.Lock()
         self._derive_lock = threading.Lock()
         self._stamp: tuple | None = None
-        self._bad_stamp: tuple | None = None   # the file version last reported as broken
+        self._bad_stamp: tuple | None = None  # the file version last reported as broken
         self.reload_error: str | None = None
         self._hashes: list[TokenHash] = []
         self._verified: dict[bytes, str] = {}
@@ -127,8 +129,9 @@ class TokenVerifier:
         self.derivations = 0
         # PBKDF2 runs here, never on the request pool; the queue is bounded so made-up tokens
         # cannot pile up work (hashlib releases the GIL while deriving)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
-                                                               thread_name_prefix="mmc4-token-verify")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="mmc4-token-verify"
+        )
         self._max_pending = max_pending
         self.pending = 0
         self._reload(force=True)
@@ -154,8 +157,12 @@ class TokenVerifier:
                 raise
             # keep serving with the last good set, and say so once per broken version of the file
             self._bad_stamp, self.reload_error = stamp, str(exc)
-            log.error("tokens file %s was changed but cannot be used (%s); still serving the %d "
-                      "token(s) loaded before", self.path, exc, len(self._hashes))
+            log.error(
+                "tokens file %s was changed but cannot be used (%s); still serving the %d token(s) loaded before",
+                self.path,
+                exc,
+                len(self._hashes),
+            )
             return
         with self._lock:
             self._hashes, self._stamp = hashes, stamp
@@ -235,8 +242,7 @@ class FailureLimiter:
     of clients is bounded (least recently failing first out).
     """
 
-    def __init__(self, burst: int = 10, rate: float = 0.2, max_clients: int = 65536,
-                 clock=time.monotonic):
+    def __init__(self, burst: int = 10, rate: float = 0.2, max_clients: int = 65536, clock=time.monotonic):
         if burst < 1 or rate <= 0:
             raise ValueError("burst must be >= 1 and rate > 0")
         self.burst, self.rate, self._clock, self._max = float(burst), rate, clock, max_clients

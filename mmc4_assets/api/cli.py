@@ -26,25 +26,46 @@ def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmc4_assets.api",
         description="Serve GET /datasets/mmc4 over the shards published under STORAGE_ROOT/published.",
-        epilog="Make a token: python -m mmc4_assets.api hash-token --name NAME --tokens-file FILE")
-    parser.add_argument("--storage-root", default=None,
-                        help="a directory or s3://bucket/prefix (default: $MMC4_STORAGE_ROOT or ./storage)")
-    parser.add_argument("--tokens-file", default=None,
-                        help="JSON or TOML: name -> pbkdf2_sha256 hash (default: $MMC4_API_TOKENS)")
+        epilog="Make a token: python -m mmc4_assets.api hash-token --name NAME --tokens-file FILE",
+    )
+    parser.add_argument(
+        "--storage-root",
+        default=None,
+        help="a directory or s3://bucket/prefix (default: $MMC4_STORAGE_ROOT or ./storage)",
+    )
+    parser.add_argument(
+        "--tokens-file", default=None, help="JSON or TOML: name -> pbkdf2_sha256 hash (default: $MMC4_API_TOKENS)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--cache-dir", default=None,
-                        help="local directory for per-shard sidecars (default: ~/.cache/mmc4-assets/api)")
-    parser.add_argument("--index-ttl", type=float, default=10.0,
-                        help="seconds between manifest listings; new shards show up within this")
+    parser.add_argument(
+        "--cache-dir", default=None, help="local directory for per-shard sidecars (default: ~/.cache/mmc4-assets/api)"
+    )
+    parser.add_argument(
+        "--index-ttl",
+        type=float,
+        default=10.0,
+        help="seconds between manifest listings; new shards show up within this",
+    )
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per second per token")
     parser.add_argument("--burst", type=int, default=None, help="bucket size for --rate-limit")
-    parser.add_argument("--max-auth-failures", type=int, default=10,
-                        help="failed token attempts a client may make at once before 429 (then --auth-failure-rate)")
-    parser.add_argument("--auth-failure-rate", type=float, default=0.2,
-                        help="failed attempts per second a client regains after --max-auth-failures")
-    parser.add_argument("--warm", action="store_true",
-                        help="build every shard's sidecar in the background (first filtered queries are fast)")
+    parser.add_argument(
+        "--max-auth-failures",
+        type=int,
+        default=10,
+        help="failed token attempts a client may make at once before 429 (then --auth-failure-rate)",
+    )
+    parser.add_argument(
+        "--auth-failure-rate",
+        type=float,
+        default=0.2,
+        help="failed attempts per second a client regains after --max-auth-failures",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="build every shard's sidecar in the background (first filtered queries are fast)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
 
@@ -58,11 +79,20 @@ def serve_main(argv: list[str]) -> int:
     from mmc4_assets.api.app import Settings, create_app
 
     try:
-        app = create_app(Settings(storage_root=storage.root, storage_options=storage.storage_options,
-                                  tokens_file=tokens_file, cache_dir=args.cache_dir,
-                                  index_ttl=args.index_ttl, rate_limit=args.rate_limit, burst=args.burst,
-                                  warm=args.warm, max_auth_failures=args.max_auth_failures,
-                                  auth_failure_rate=args.auth_failure_rate))
+        app = create_app(
+            Settings(
+                storage_root=storage.root,
+                storage_options=storage.storage_options,
+                tokens_file=tokens_file,
+                cache_dir=args.cache_dir,
+                index_ttl=args.index_ttl,
+                rate_limit=args.rate_limit,
+                burst=args.burst,
+                warm=args.warm,
+                max_auth_failures=args.max_auth_failures,
+                auth_failure_rate=args.auth_failure_rate,
+            )
+        )
     except TokenFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -75,12 +105,14 @@ def hash_token_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmc4_assets.api hash-token",
         description="Make a token (or hash one from stdin) and print its tokens-file line. "
-                    "The token is shown once, on stderr; only its salted hash is stored.")
+        "The token is shown once, on stderr; only its salted hash is stored.",
+    )
     parser.add_argument("--name", required=True, help="who the token is for (shown in logs and rate limits)")
     parser.add_argument("--token-stdin", action="store_true", help="hash the token read from stdin")
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
-    parser.add_argument("--tokens-file", default=None,
-                        help="also add (or replace) the entry in this JSON file, created mode 600")
+    parser.add_argument(
+        "--tokens-file", default=None, help="also add (or replace) the entry in this JSON file, created mode 600"
+    )
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error("--iterations must be >= 1")

@@ -74,7 +74,7 @@ class ShardEntry:
 
     key: str
     subset: str
-    number: int | None        # shard number when the key part is numeric: the sort order
+    number: int | None  # shard number when the key part is numeric: the sort order
     manifest_name: str
     shard_file: str
     num_docs: int
@@ -87,9 +87,15 @@ class ShardEntry:
         return (self.number is None, self.number or 0, self.key)
 
     def describe(self) -> dict[str, Any]:
-        return {"shard": self.key, "subset": self.subset, "num_docs": self.num_docs,
-                "num_images": self.num_images, "source_shard": self.source_shard, "model": self.model,
-                "sha256": self.sha256}
+        return {
+            "shard": self.key,
+            "subset": self.subset,
+            "num_docs": self.num_docs,
+            "num_images": self.num_images,
+            "source_shard": self.source_shard,
+            "model": self.model,
+            "sha256": self.sha256,
+        }
 
 
 def entry_from_manifest(manifest_name: str, manifest: Any) -> ShardEntry:
@@ -116,11 +122,18 @@ def entry_from_manifest(manifest_name: str, manifest: Any) -> ShardEntry:
         raise ManifestError(f"invalid shard key {key!r}")
     model = manifest.get("model")
     source = manifest.get("source_shard")
-    return ShardEntry(key=key, subset=subset, number=number, manifest_name=manifest_name,
-                      shard_file=shard_file, num_docs=num_docs,
-                      num_images=num_images if isinstance(num_images, int) else 0, sha256=sha,
-                      model=model if isinstance(model, str) else None,
-                      source_shard=source if isinstance(source, str) else None)
+    return ShardEntry(
+        key=key,
+        subset=subset,
+        number=number,
+        manifest_name=manifest_name,
+        shard_file=shard_file,
+        num_docs=num_docs,
+        num_images=num_images if isinstance(num_images, int) else 0,
+        sha256=sha,
+        model=model if isinstance(model, str) else None,
+        source_shard=source if isinstance(source, str) else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,7 @@ class SubsetView:
     cumulative: tuple[int, ...]
 
     @classmethod
-    def of(cls, entries: list[ShardEntry]) -> "SubsetView":
+    def of(cls, entries: list[ShardEntry]) -> SubsetView:
         total, cum = 0, []
         for e in entries:
             total += e.num_docs
@@ -164,13 +177,13 @@ class Snapshot:
     version: str = ""
 
     @classmethod
-    def build(cls, generation: int, entries: list[ShardEntry], problems: list[str],
-              loaded_at: float) -> "Snapshot":
+    def build(cls, generation: int, entries: list[ShardEntry], problems: list[str], loaded_at: float) -> Snapshot:
         by_key: dict[str, ShardEntry] = {}
         for e in sorted(entries, key=lambda e: e.manifest_name):
             if e.key in by_key:
-                problems.append(f"{e.manifest_name}: shard key {e.key!r} already used by "
-                                f"{by_key[e.key].manifest_name}; skipped")
+                problems.append(
+                    f"{e.manifest_name}: shard key {e.key!r} already used by {by_key[e.key].manifest_name}; skipped"
+                )
                 continue
             by_key[e.key] = e
         grouped: dict[str, list[ShardEntry]] = {}
@@ -178,17 +191,19 @@ class Snapshot:
             grouped.setdefault(e.subset, []).append(e)
         subsets = {s: SubsetView.of(sorted(es, key=ShardEntry.sort_key)) for s, es in grouped.items()}
         ordered = tuple(e for s in sorted(subsets, key=_subset_rank) for e in subsets[s].entries)
-        digest = hashlib.sha256("\n".join(f"{e.key}:{e.subset}:{e.sha256}:{e.num_docs}"
-                                          for e in ordered).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(
+            "\n".join(f"{e.key}:{e.subset}:{e.sha256}:{e.num_docs}" for e in ordered).encode()
+        ).hexdigest()[:16]
         return cls(generation, ordered, loaded_at, tuple(problems), by_key, subsets, digest)
 
     def view(self, subset: str) -> SubsetView:
         return self.subsets.get(subset) or SubsetView((), ())
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {s: {"shards": len(v.entries), "documents": v.total,
-                    "images": sum(e.num_images for e in v.entries)}
-                for s, v in sorted(self.subsets.items(), key=lambda kv: _subset_rank(kv[0]))}
+        return {
+            s: {"shards": len(v.entries), "documents": v.total, "images": sum(e.num_images for e in v.entries)}
+            for s, v in sorted(self.subsets.items(), key=lambda kv: _subset_rank(kv[0]))
+        }
 
 
 def _subset_rank(subset: str) -> tuple[int, str]:
@@ -203,8 +218,13 @@ class Catalog:
     store listing never stalls every request. ``ttl=0`` re-lists on every call.
     """
 
-    def __init__(self, store: ShardStore, folder: str = "published", ttl: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store: ShardStore,
+        folder: str = "published",
+        ttl: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.store, self.folder, self.ttl, self._clock = store, folder, ttl, clock
         self._snapshot: Snapshot | None = None
         self._manifests: dict[str, tuple[tuple, ShardEntry | str]] = {}  # name -> (fingerprint, entry|error)
@@ -237,8 +257,11 @@ class Catalog:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("listing %s failed: %s", self.store.uri(self.folder), self.last_error)
             old = self._snapshot  # retried after another ttl, not on every request
-            self._snapshot = (dataclasses.replace(old, loaded_at=self._clock()) if old is not None
-                              else Snapshot.build(self._generation, [], [], self._clock()))
+            self._snapshot = (
+                dataclasses.replace(old, loaded_at=self._clock())
+                if old is not None
+                else Snapshot.build(self._generation, [], [], self._clock())
+            )
             return self._snapshot
         self.last_error = None
         changed = [name for name, fp in listing if name not in self._manifests or self._manifests[name][0] != fp]

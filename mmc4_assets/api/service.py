@@ -19,8 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from mmc4_assets.api.index import (DEFAULT_SUBSET, SUBSETS, Catalog, ShardEntry, Snapshot, doc_id,
-                                   is_valid_subset, locate, normalize_subset, parse_doc_id)
+from mmc4_assets.api.index import (
+    DEFAULT_SUBSET,
+    SUBSETS,
+    Catalog,
+    ShardEntry,
+    Snapshot,
+    doc_id,
+    is_valid_subset,
+    locate,
+    normalize_subset,
+    parse_doc_id,
+)
 from mmc4_assets.api.shardcache import ShardCache, ShardUnavailable
 
 MAX_LIMIT = 100
@@ -56,7 +66,7 @@ class Query:
 
 @dataclass(frozen=True)
 class Page:
-    documents: list[bytes]   # complete API documents, JSON
+    documents: list[bytes]  # complete API documents, JSON
     total: int
     offset: int
     limit: int
@@ -64,9 +74,16 @@ class Page:
     index_version: str
 
     def to_json(self) -> bytes:
-        tail = json.dumps({"total": self.total, "offset": self.offset, "limit": self.limit,
-                           "next": self.next, "index_version": self.index_version},
-                          separators=(",", ":")).encode()
+        tail = json.dumps(
+            {
+                "total": self.total,
+                "offset": self.offset,
+                "limit": self.limit,
+                "next": self.next,
+                "index_version": self.index_version,
+            },
+            separators=(",", ":"),
+        ).encode()
         return b'{"documents":[' + b",".join(self.documents) + b"]," + tail[1:]
 
 
@@ -96,12 +113,11 @@ class Dataset:
     beyond that it starts a background build and answers NotReady (at MMC4 scale, thousands of
     shards, building them all inside one request would outlast any client timeout)."""
 
-    def __init__(self, catalog: Catalog, cache: ShardCache, max_limit: int = MAX_LIMIT,
-                 max_sync_builds: int = 64):
+    def __init__(self, catalog: Catalog, cache: ShardCache, max_limit: int = MAX_LIMIT, max_sync_builds: int = 64):
         self.catalog, self.cache, self.max_limit = catalog, cache, max_limit
         self.max_sync_builds = max_sync_builds
-        self._counts = _LRU(500_000)     # (sha256, min_images, min_sim) -> matching docs in the shard
-        self._selections = _LRU(256)     # (generation, query) -> (entries, cumulative counts)
+        self._counts = _LRU(500_000)  # (sha256, min_images, min_sim) -> matching docs in the shard
+        self._selections = _LRU(256)  # (generation, query) -> (entries, cumulative counts)
         self._lock = threading.Lock()
         self._warmer: threading.Thread | None = None
 
@@ -114,15 +130,16 @@ class Dataset:
         if query.shard is not None:
             entry = snap.by_key.get(query.shard)
             if entry is None:
-                raise InvalidQuery("shard", f"unknown shard {_shown(query.shard)}; "
-                                            "GET /datasets/mmc4/shards lists the published ones")
+                raise InvalidQuery(
+                    "shard", f"unknown shard {_shown(query.shard)}; GET /datasets/mmc4/shards lists the published ones"
+                )
             if entry.subset != subset:
-                raise InvalidQuery("shard", f"shard {entry.key!r} is in subset {entry.subset!r}, "
-                                            f"not {subset!r}")
+                raise InvalidQuery("shard", f"shard {entry.key!r} is in subset {entry.subset!r}, not {subset!r}")
         if query.min_images is not None and query.min_images < 0:
             raise InvalidQuery("min_images", "min_images must be >= 0")
-        if query.min_matched_sim is not None and not (math.isfinite(query.min_matched_sim)
-                                                      and -1 <= query.min_matched_sim <= 1):
+        if query.min_matched_sim is not None and not (
+            math.isfinite(query.min_matched_sim) and -1 <= query.min_matched_sim <= 1
+        ):
             raise InvalidQuery("min_matched_sim", "min_matched_sim must be a number in [-1, 1]")
         return Query(subset, query.shard, query.min_images, query.min_matched_sim)
 
@@ -167,13 +184,16 @@ class Dataset:
     def health(self) -> dict[str, Any]:
         snap = self.catalog.snapshot()
         counts = snap.counts()
-        return {"status": "ok" if self.catalog.last_error is None else "degraded",
-                "shards": len(snap.entries),
-                "documents": counts.get(DEFAULT_SUBSET, {}).get("documents", 0),
-                "subsets": counts, "index_version": snap.version,
-                "index_age_s": round(max(0.0, time.monotonic() - snap.loaded_at), 3),
-                "skipped_manifests": len(snap.problems),
-                "listing_error": self.catalog.last_error is not None}
+        return {
+            "status": "ok" if self.catalog.last_error is None else "degraded",
+            "shards": len(snap.entries),
+            "documents": counts.get(DEFAULT_SUBSET, {}).get("documents", 0),
+            "subsets": counts,
+            "index_version": snap.version,
+            "index_age_s": round(max(0.0, time.monotonic() - snap.loaded_at), 3),
+            "skipped_manifests": len(snap.problems),
+            "listing_error": self.catalog.last_error is not None,
+        }
 
     # -- internals ---------------------------------------------------------------------
     def _selection(self, snap: Snapshot, query: Query) -> tuple[tuple[ShardEntry, ...], Any]:
@@ -194,8 +214,10 @@ class Dataset:
         missing = [e for e in entries if e.num_docs and not self.cache.is_built(e)]
         if len(missing) > self.max_sync_builds:
             self.start_warming()
-            raise NotReady(f"filters need a summary of every shard; {len(entries) - len(missing)} of "
-                           f"{len(entries)} shards are ready and the rest are being built")
+            raise NotReady(
+                f"filters need a summary of every shard; {len(entries) - len(missing)} of "
+                f"{len(entries)} shards are ready and the rest are being built"
+            )
         cumulative = tuple(accumulate(self._count(e, query) for e in entries))
         with self._lock:
             self._selections.put(key, (entries, cumulative))
@@ -216,7 +238,7 @@ class Dataset:
     def _read(self, entry: ShardEntry, query: Query, local: int, need: int) -> list[bytes]:
         data = self.cache.get(entry)
         if query.filters_docs:
-            lines = np.flatnonzero(data.mask(query.min_images, query.min_matched_sim))[local:local + need]
+            lines = np.flatnonzero(data.mask(query.min_images, query.min_matched_sim))[local : local + need]
             lines = [int(x) for x in lines]
         else:
             lines = list(range(local, min(entry.num_docs, local + need)))
@@ -228,8 +250,9 @@ class Dataset:
         with self._lock:
             if self._warmer is not None and self._warmer.is_alive():
                 return
-            self._warmer = threading.Thread(target=self.warm, args=(threading.Event(),),
-                                            name="mmc4-api-warm-once", daemon=True)
+            self._warmer = threading.Thread(
+                target=self.warm, args=(threading.Event(),), name="mmc4-api-warm-once", daemon=True
+            )
             self._warmer.start()
 
     def warm(self, stop: threading.Event) -> int:

@@ -59,13 +59,23 @@ class ShardUnavailable(RuntimeError):
 def project(doc: dict[str, Any]) -> tuple[bytes, int, float]:
     """One published line -> (API document JSON without id, number of images, best matched_sim)."""
     texts = [t for t in doc.get("text_list") or [] if isinstance(t, str)]
-    images = [{"image_name": im.get("image_name"), "raw_url": im.get("raw_url"),
-               "matched_text_index": im.get("matched_text_index"), "matched_sim": im.get("matched_sim")}
-              for im in doc.get("image_info") or [] if isinstance(im, dict)]
+    images = [
+        {
+            "image_name": im.get("image_name"),
+            "raw_url": im.get("raw_url"),
+            "matched_text_index": im.get("matched_text_index"),
+            "matched_sim": im.get("matched_sim"),
+        }
+        for im in doc.get("image_info") or []
+        if isinstance(im, dict)
+    ]
     sims = [im["matched_sim"] for im in images if isinstance(im["matched_sim"], (int, float))]
     body = {"url": doc.get("url"), "text": " ".join(texts), "text_list": texts, "images": images}
-    return (json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), len(images),
-            max(sims) if sims else float(NO_IMAGE_SIM))
+    return (
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+        len(images),
+        max(sims) if sims else float(NO_IMAGE_SIM),
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,7 @@ def write_sidecar(path: Path, lines: Iterator[bytes], block_docs: int = 32, leve
     offsets, n_images, max_sim, block = [0], [], [], []
     try:
         with open(tmp, "wb") as out:
+
             def flush() -> None:
                 if block:
                     offsets.append(offsets[-1] + out.write(zlib.compress(b"\n".join(block), level)))
@@ -160,8 +171,15 @@ def write_sidecar(path: Path, lines: Iterator[bytes], block_docs: int = 32, leve
 class ShardCache:
     """Builds sidecars on first use (one build per shard at a time) and keeps recent ones loaded."""
 
-    def __init__(self, store: ShardStore, cache_dir: str | os.PathLike, folder: str = "published",
-                 block_docs: int = 32, max_loaded: int = 4096, retry_after_s: float = 5.0):
+    def __init__(
+        self,
+        store: ShardStore,
+        cache_dir: str | os.PathLike,
+        folder: str = "published",
+        block_docs: int = 32,
+        max_loaded: int = 4096,
+        retry_after_s: float = 5.0,
+    ):
         self.store, self.folder = store, folder
         self.cache_dir = Path(cache_dir)
         self.block_docs, self.max_loaded, self.retry_after_s = block_docs, max_loaded, retry_after_s
@@ -278,4 +296,3 @@ class ShardCache:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mmc4-assets" / "api"
-

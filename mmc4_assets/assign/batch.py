@@ -32,12 +32,12 @@ from mmc4_assets.mmc4_params import AssignSettings
 class BatchAssignment:
     """Per image of the batch (documents' images in order), as ``Assignment`` per document."""
 
-    kept: np.ndarray                # bool
+    kept: np.ndarray  # bool
     matched_text_index: np.ndarray  # int64, -1 where dropped
-    matched_sim: np.ndarray         # float64, nan where dropped
-    surplus: np.ndarray             # bool
-    kept_per_doc: np.ndarray        # int64 per document
-    docs_solved: int                # documents that needed linear_sum_assignment
+    matched_sim: np.ndarray  # float64, nan where dropped
+    surplus: np.ndarray  # bool
+    kept_per_doc: np.ndarray  # int64 per document
+    docs_solved: int  # documents that needed linear_sum_assignment
 
 
 def _segment_starts(lengths: np.ndarray) -> np.ndarray:
@@ -46,8 +46,13 @@ def _segment_starts(lengths: np.ndarray) -> np.ndarray:
     return starts
 
 
-def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarray,
-                min_sim: float = AssignSettings.min_similarity, rule: str = MMC4) -> BatchAssignment:
+def assign_flat(
+    values: np.ndarray,
+    n_images: np.ndarray,
+    n_sentences: np.ndarray,
+    min_sim: float = AssignSettings.min_similarity,
+    rule: str = MMC4,
+) -> BatchAssignment:
     """Assign every document of a batch; ``values`` is the concatenation of the row-major matrices."""
     check_rule(rule)
     n = np.asarray(n_images, dtype=np.int64)
@@ -63,11 +68,11 @@ def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarra
         raise ValueError(f"similarity matrix of document {bad_doc} of the batch contains non-finite values")
 
     num_docs, num_rows = n.size, int(n.sum())
-    row_len = np.repeat(m, n)                     # every image row has its document's sentence count
+    row_len = np.repeat(m, n)  # every image row has its document's sentence count
     row_doc = np.repeat(np.arange(num_docs), n)
     row_start = _segment_starts(row_len)
-    doc_row0 = _segment_starts(n)                 # first image row of each document
-    doc_cell0 = _segment_starts(n * m)            # first cell of each document
+    doc_row0 = _segment_starts(n)  # first image row of each document
+    doc_cell0 = _segment_starts(n * m)  # first cell of each document
 
     row_max = np.full(num_rows, -np.inf)
     first = np.zeros(num_rows, dtype=np.int64)
@@ -97,14 +102,19 @@ def assign_flat(values: np.ndarray, n_images: np.ndarray, n_sentences: np.ndarra
     solve_docs = np.flatnonzero(needs_solver)
     all_kept = (np.bincount(row_doc[kept_rows], minlength=num_docs) == n)[solve_docs]
     solve = solve_mmc4 if rule == MMC4 else (lambda sub: solve_thresholded_argmax(sub, min_sim))
-    for c0, r0, nd, md, full in zip(doc_cell0[solve_docs].tolist(), doc_row0[solve_docs].tolist(),
-                                    n[solve_docs].tolist(), m[solve_docs].tolist(), all_kept.tolist()):
+    for c0, r0, nd, md, full in zip(
+        doc_cell0[solve_docs].tolist(),
+        doc_row0[solve_docs].tolist(),
+        n[solve_docs].tolist(),
+        m[solve_docs].tolist(),
+        all_kept.tolist(),
+    ):
         # the same float64 kept rows assign_images solves: images below min_sim take no part
-        sub = vals[c0:c0 + nd * md].reshape(nd, md)
+        sub = vals[c0 : c0 + nd * md].reshape(nd, md)
         if full:
-            matched[r0:r0 + nd], surplus[r0:r0 + nd] = solve(sub)
+            matched[r0 : r0 + nd], surplus[r0 : r0 + nd] = solve(sub)
         else:
-            rows = np.flatnonzero(kept[r0:r0 + nd]) + r0
+            rows = np.flatnonzero(kept[r0 : r0 + nd]) + r0
             matched[rows], surplus[rows] = solve(sub[rows - r0])
 
     matched_sim = np.full(num_rows, np.nan)

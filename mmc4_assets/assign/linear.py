@@ -47,10 +47,10 @@ _FORBIDDEN_PENALTY = 1e3
 
 @dataclass(frozen=True)
 class Assignment:
-    kept: np.ndarray                # bool per image
+    kept: np.ndarray  # bool per image
     matched_text_index: np.ndarray  # int per image, -1 where dropped
-    matched_sim: np.ndarray         # float per image, nan where dropped
-    surplus: np.ndarray             # bool per image: placed by argmax, may share a sentence
+    matched_sim: np.ndarray  # float per image, nan where dropped
+    surplus: np.ndarray  # bool per image: placed by argmax, may share a sentence
 
 
 def check_rule(rule: str) -> str:
@@ -66,12 +66,12 @@ def solve_mmc4(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n, m = sim.shape
     if n <= m:
-        _, cols = linear_sum_assignment(-sim)     # every image is placed: rows come back as 0..n-1
+        _, cols = linear_sum_assignment(-sim)  # every image is placed: rows come back as 0..n-1
         return cols.astype(np.int64, copy=False), np.zeros(n, dtype=bool)
     padded = np.full((n, n), _PAD_COST)
     padded[:, :m] = -sim
-    _, cols = linear_sum_assignment(padded)          # square: rows come back as 0..n-1
-    surplus = cols >= m                              # on a padding column: left over
+    _, cols = linear_sum_assignment(padded)  # square: rows come back as 0..n-1
+    surplus = cols >= m  # on a padding column: left over
     matched = np.where(surplus, sim.argmax(axis=1), cols).astype(np.int64)
     return matched, surplus
 
@@ -89,8 +89,9 @@ def solve_thresholded_argmax(sim: np.ndarray, min_sim: float) -> tuple[np.ndarra
     return matched, surplus
 
 
-def assign_images(similarity_matrix: np.ndarray, min_sim: float = AssignSettings.min_similarity,
-                  rule: str = MMC4) -> Assignment:
+def assign_images(
+    similarity_matrix: np.ndarray, min_sim: float = AssignSettings.min_similarity, rule: str = MMC4
+) -> Assignment:
     check_rule(rule)
     sim = np.asarray(similarity_matrix, dtype=np.float64)
     if sim.ndim != 2:

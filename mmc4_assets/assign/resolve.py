@@ -19,8 +19,12 @@ from mmc4_assets.mmc4_params import AssignSettings
 DEFAULT_MIN_SIM = AssignSettings.min_similarity
 
 
-def reassign(image_info: list[dict], similarity_matrix: list[list[float]],
-             rule: str | None = MMC4, min_sim: float | None = DEFAULT_MIN_SIM) -> list[dict]:
+def reassign(
+    image_info: list[dict],
+    similarity_matrix: list[list[float]],
+    rule: str | None = MMC4,
+    min_sim: float | None = DEFAULT_MIN_SIM,
+) -> list[dict]:
     """``image_info`` placed again on its own ``similarity_matrix`` rows (one per image)."""
     if not image_info:
         return []
@@ -30,8 +34,10 @@ def reassign(image_info: list[dict], similarity_matrix: list[list[float]],
         matched, surplus = solve_mmc4(sim)
     else:
         matched, surplus = solve_thresholded_argmax(sim, DEFAULT_MIN_SIM if min_sim is None else min_sim)
-    return [{**im, "matched_text_index": int(j), "matched_sim": float(sim[i, j]), "surplus": bool(s)}
-            for i, (im, j, s) in enumerate(zip(image_info, matched.tolist(), surplus.tolist()))]
+    return [
+        {**im, "matched_text_index": int(j), "matched_sim": float(sim[i, j]), "surplus": bool(s)}
+        for i, (im, j, s) in enumerate(zip(image_info, matched.tolist(), surplus.tolist()))
+    ]
 
 
 def keep_and_reassign(doc: dict, keep: list[int], image_info: list[dict] | None = None) -> dict:

@@ -22,28 +22,40 @@ from mmc4_assets.assign.linear import MMC4, assign_images, check_rule
 from mmc4_assets.mmc4_params import AssignSettings
 from mmc4_assets.stats import StepStats
 
-ASSIGNED_IMAGE = pl.Struct({"image_index": pl.Int32, "image_name": pl.String, "raw_url": pl.String,
-                            "phash": pl.String, "matched_text_index": pl.Int32,
-                            "matched_sim": pl.Float32, "surplus": pl.Boolean})
+ASSIGNED_IMAGE = pl.Struct(
+    {
+        "image_index": pl.Int32,
+        "image_name": pl.String,
+        "raw_url": pl.String,
+        "phash": pl.String,
+        "matched_text_index": pl.Int32,
+        "matched_sim": pl.Float32,
+        "surplus": pl.Boolean,
+    }
+)
 ASSIGNMENTS_SCHEMA = {
-    "doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String),
-    "image_info": pl.List(ASSIGNED_IMAGE), "similarity_matrix": pl.List(pl.List(pl.Float32)),
+    "doc_id": pl.String,
+    "url": pl.String,
+    "text_list": pl.List(pl.String),
+    "image_info": pl.List(ASSIGNED_IMAGE),
+    "similarity_matrix": pl.List(pl.List(pl.Float32)),
     "num_candidates": pl.Int32,
     # the rule and threshold that placed the images, carried with them so that a later step
     # dropping images re-solves the same way (assign/resolve.py) and the publish check knows them
-    "assignment": pl.String, "min_similarity": pl.Float64,
+    "assignment": pl.String,
+    "min_similarity": pl.Float64,
 }
 _IMAGE_FIELDS = ("image_index", "image_name", "raw_url", "phash")
 
 
 @dataclass
 class AssignedBatch:
-    frame: pl.DataFrame          # ASSIGNMENTS_SCHEMA rows of the documents that kept an image
+    frame: pl.DataFrame  # ASSIGNMENTS_SCHEMA rows of the documents that kept an image
     docs_in: int
     images_kept: int
     images_dropped: int
-    matched_sim_sum: float       # over kept images, for the shard's mean without keeping them
-    docs_solved: int             # documents that needed the linear_sum_assignment solver
+    matched_sim_sum: float  # over kept images, for the shard's mean without keeping them
+    docs_solved: int  # documents that needed the linear_sum_assignment solver
 
 
 def _array(table: pa.Table, name: str) -> pa.Array:
@@ -64,7 +76,7 @@ def assign_frame(frame: pl.DataFrame, min_sim: float, rule: str = MMC4) -> Assig
     images, matrix = _array(table, "images"), _array(table, "similarity_matrix")
     n = pc.list_value_length(images).fill_null(0).to_numpy().astype(np.int64)
     m = pc.list_value_length(_array(table, "text_list")).fill_null(0).to_numpy().astype(np.int64)
-    rows = pc.list_flatten(matrix)                         # one entry per image row
+    rows = pc.list_flatten(matrix)  # one entry per image row
     rows_per_doc = pc.list_value_length(matrix).fill_null(0).to_numpy()
     row_lengths = pc.list_value_length(rows).fill_null(0).to_numpy()
     if not np.array_equal(rows_per_doc, n):
@@ -76,20 +88,22 @@ def assign_frame(frame: pl.DataFrame, min_sim: float, rule: str = MMC4) -> Assig
     result = assign_flat(values, n, m, min_sim, rule)
 
     kept = pa.array(result.kept)
-    flat_images = pc.list_flatten(images).flatten()        # the struct's fields, offsets applied
+    flat_images = pc.list_flatten(images).flatten()  # the struct's fields, offsets applied
     names = [f.name for f in images.type.value_type]
     fields = [flat_images[names.index(k)] for k in _IMAGE_FIELDS] + [
         pa.array(result.matched_text_index.astype(np.int32)),
         pa.array(result.matched_sim.astype(np.float32)),
-        pa.array(result.surplus)]
+        pa.array(result.surplus),
+    ]
     image_info = pa.StructArray.from_arrays(fields, names=list(ASSIGNED_IMAGE.to_schema())).filter(kept)
     row_len = np.repeat(m, n)
     if not result.kept.all():
         # the kept rows' cells, selected in numpy: arrow's list filter is far slower
         row_len = row_len[result.kept]
         values = values[np.repeat(result.kept, np.repeat(m, n))]
-    rows = pa.LargeListArray.from_arrays(pa.array(np.r_[0, np.cumsum(row_len)], type=pa.int64()),
-                                         pa.array(values, type=pa.float32()))
+    rows = pa.LargeListArray.from_arrays(
+        pa.array(np.r_[0, np.cumsum(row_len)], type=pa.int64()), pa.array(values, type=pa.float32())
+    )
     doc_kept = result.kept_per_doc > 0
     offsets = pa.array(np.r_[0, np.cumsum(result.kept_per_doc[doc_kept])], type=pa.int64())
     docs = frame.select("doc_id", "url", "text_list")
@@ -97,18 +111,23 @@ def assign_frame(frame: pl.DataFrame, min_sim: float, rule: str = MMC4) -> Assig
         pl.Series("image_info", pa.LargeListArray.from_arrays(offsets, image_info)),
         pl.Series("similarity_matrix", pa.LargeListArray.from_arrays(offsets, rows)),
         pl.Series("num_candidates", n[doc_kept].astype(np.int32)),
-        pl.lit(rule).alias("assignment"), pl.lit(float(min_sim)).alias("min_similarity"))
+        pl.lit(rule).alias("assignment"),
+        pl.lit(float(min_sim)).alias("min_similarity"),
+    )
     kept_n = int(result.kept.sum())
     return AssignedBatch(
         frame=out.cast(ASSIGNMENTS_SCHEMA),
-        docs_in=frame.height, images_kept=kept_n, images_dropped=int(result.kept.size - kept_n),
-        matched_sim_sum=float(result.matched_sim[result.kept].sum()), docs_solved=result.docs_solved)
+        docs_in=frame.height,
+        images_kept=kept_n,
+        images_dropped=int(result.kept.size - kept_n),
+        matched_sim_sum=float(result.matched_sim[result.kept].sum()),
+        docs_solved=result.docs_solved,
+    )
 
 
 def assign_document(row: dict, min_sim: float, image_stats: StepStats, rule: str = MMC4) -> dict | None:
     """The document with only its kept images (rows of the matrix kept in step), or None."""
-    matrix = np.asarray(row["similarity_matrix"], dtype=np.float32).reshape(
-        len(row["images"]), len(row["text_list"]))
+    matrix = np.asarray(row["similarity_matrix"], dtype=np.float32).reshape(len(row["images"]), len(row["text_list"]))
     result = assign_images(matrix, min_sim=min_sim, rule=rule)
     image_info = []
     for i, im in enumerate(row["images"]):
@@ -116,14 +135,26 @@ def assign_document(row: dict, min_sim: float, image_stats: StepStats, rule: str
             image_stats.drop("below_min_similarity")
             continue
         image_stats.keep()
-        image_info.append({**im, "matched_text_index": int(result.matched_text_index[i]),
-                           "matched_sim": float(result.matched_sim[i]),
-                           "surplus": bool(result.surplus[i])})
+        image_info.append(
+            {
+                **im,
+                "matched_text_index": int(result.matched_text_index[i]),
+                "matched_sim": float(result.matched_sim[i]),
+                "surplus": bool(result.surplus[i]),
+            }
+        )
     if not image_info:
         return None
-    return {"doc_id": row["doc_id"], "url": row["url"], "text_list": row["text_list"],
-            "image_info": image_info, "similarity_matrix": matrix[result.kept].tolist(),
-            "num_candidates": len(row["images"]), "assignment": rule, "min_similarity": float(min_sim)}
+    return {
+        "doc_id": row["doc_id"],
+        "url": row["url"],
+        "text_list": row["text_list"],
+        "image_info": image_info,
+        "similarity_matrix": matrix[result.kept].tolist(),
+        "num_candidates": len(row["images"]),
+        "assignment": rule,
+        "min_similarity": float(min_sim),
+    }
 
 
 @dataclass
@@ -131,14 +162,15 @@ class AssignTotals:
     """Running totals of a shard's assignment: nothing of the shard is kept but the current batch."""
 
     matched_sim_sum: float = 0.0
-    docs_solved: int = 0        # the rest took the exact argmax fast path
+    docs_solved: int = 0  # the rest took the exact argmax fast path
 
     def mean_matched_sim(self, images: int) -> float:
         return round(self.matched_sim_sum / images, 4) if images else 0.0
 
 
-def assign_batches(batches: Iterable[pl.DataFrame], settings: AssignSettings, docs: StepStats,
-                   images: StepStats, totals: AssignTotals) -> Iterator[pl.DataFrame]:
+def assign_batches(
+    batches: Iterable[pl.DataFrame], settings: AssignSettings, docs: StepStats, images: StepStats, totals: AssignTotals
+) -> Iterator[pl.DataFrame]:
     """The assignments step over clip_scores batches: assigned frames out, every drop counted."""
     for batch in batches:
         assigned = assign_frame(batch, settings.min_similarity, settings.assignment)

@@ -34,10 +34,10 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 class FeatureClassifier:
     """p(positive) for rows of L2-normalised CLIP image features."""
 
-    name: str            # "nsfw" or "face"
+    name: str  # "nsfw" or "face"
     path: str
-    format: str          # "sklearn" or "torch"
-    sha256: str          # of the weights file, so metadata pins the exact model
+    format: str  # "sklearn" or "torch"
+    sha256: str  # of the weights file, so metadata pins the exact model
     input_dim: int | None
     _predict: Any
 
@@ -46,8 +46,10 @@ class FeatureClassifier:
         if features.ndim != 2:
             raise ValueError(f"{self.name} classifier expects a 2-d feature matrix")
         if self.input_dim is not None and features.shape[1] != self.input_dim:
-            raise ValueError(f"{self.name} classifier expects {self.input_dim}-d CLIP features, "
-                             f"got {features.shape[1]}-d: it was trained for another CLIP model")
+            raise ValueError(
+                f"{self.name} classifier expects {self.input_dim}-d CLIP features, "
+                f"got {features.shape[1]}-d: it was trained for another CLIP model"
+            )
         if len(features) == 0:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(self._predict(features), dtype=np.float32).reshape(-1)
@@ -62,8 +64,10 @@ def detect_format(path: str) -> str:
         return "sklearn"
     if lower.endswith(TORCH_SUFFIXES):
         return "torch"
-    raise ValueError(f"cannot tell the format of {path!r} from its suffix; set the format "
-                     f"('sklearn' for {'/'.join(SKLEARN_SUFFIXES)}, 'torch' for {'/'.join(TORCH_SUFFIXES)})")
+    raise ValueError(
+        f"cannot tell the format of {path!r} from its suffix; set the format "
+        f"('sklearn' for {'/'.join(SKLEARN_SUFFIXES)}, 'torch' for {'/'.join(TORCH_SUFFIXES)})"
+    )
 
 
 def load_classifier(name: str, path: str, fmt: str = "auto") -> FeatureClassifier:

@@ -53,14 +53,14 @@ def _register_local_configs() -> None:
 @dataclass(frozen=True)
 class ClipSpec:
     model_name: str = "ViT-L-14"
-    pretrained: str | None = "openai"   # an open_clip tag, a local checkpoint path, or None = random
-    device: str = "auto"                # auto: cuda when available, else cpu
-    precision: str = "auto"             # auto | fp32 | bf16 | fp16 (autocast on the device)
-    batch_size: int = 64                # images per forward pass
-    text_batch_size: int = 256          # sentences of 32 tokens per forward pass (a token budget)
+    pretrained: str | None = "openai"  # an open_clip tag, a local checkpoint path, or None = random
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on the device)
+    batch_size: int = 64  # images per forward pass
+    text_batch_size: int = 256  # sentences of 32 tokens per forward pass (a token budget)
     seed: int = 0
-    compile: str = "auto"               # torch.compile the towers: on | off | auto (models >= 50M params)
-    fast_decode: bool = True            # decode JPEGs at a reduced DCT scale when >= 2x the input size
+    compile: str = "auto"  # torch.compile the towers: on | off | auto (models >= 50M params)
+    fast_decode: bool = True  # decode JPEGs at a reduced DCT scale when >= 2x the input size
 
     @property
     def is_random(self) -> bool:
@@ -76,8 +76,13 @@ def resolve_device(device: str) -> str:
 def _cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: without them bf16 matmuls on CPU are emulated and far slower than fp32."""
     cpu = getattr(torch._C, "_cpu", None)
-    return bool(cpu and (getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-                         or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()))
+    return bool(
+        cpu
+        and (
+            getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+            or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        )
+    )
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -95,9 +100,9 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 _COMPILE_AUTO_MIN_PARAMS = 50_000_000
-_TOKENS_PER_SENTENCE = 32   # text_batch_size counts sentences of this length: a token budget
-_MIN_CHUNK_TOKENS = 4096    # GEMM rows below which a length split costs more efficiency than padding does
-_MAX_LENGTH_SPREAD = 1.25   # longest / shortest sentence of a chunk, once it is that large
+_TOKENS_PER_SENTENCE = 32  # text_batch_size counts sentences of this length: a token budget
+_MIN_CHUNK_TOKENS = 4096  # GEMM rows below which a length split costs more efficiency than padding does
+_MAX_LENGTH_SPREAD = 1.25  # longest / shortest sentence of a chunk, once it is that large
 
 
 def _length_chunks(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
@@ -110,8 +115,10 @@ def _length_chunks(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]
     chunks, start = [], 0
     for i, length in enumerate(lengths):
         size = i - start
-        if size and ((size + 1) * length > max_tokens
-                     or (size * lengths[start] >= _MIN_CHUNK_TOKENS and length > _MAX_LENGTH_SPREAD * lengths[start])):
+        if size and (
+            (size + 1) * length > max_tokens
+            or (size * lengths[start] >= _MIN_CHUNK_TOKENS and length > _MAX_LENGTH_SPREAD * lengths[start])
+        ):
             chunks.append((start, i))
             start = i
     if start < len(lengths):
@@ -120,7 +127,9 @@ def _length_chunks(lengths: list[int], max_tokens: int) -> list[tuple[int, int]]
 
 
 def resolve_compile(setting: str | bool, model: torch.nn.Module) -> bool:
-    """``auto``: compile real models (>= 50M parameters), not the tiny test config whose compile costs more than it saves."""
+    """``auto``: compile real models (>= 50M parameters), not the tiny test config whose compile costs more than it
+    saves.
+    """
     value = str(setting).strip().lower()
     if value in ("on", "true", "1", "yes"):
         return True
@@ -189,10 +198,16 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 def _plain_block(block) -> bool:
     """open_clip's standard pre-norm self-attention block, nothing else in it."""
     attn = getattr(block, "attn", None)
-    return (type(block) is open_clip.transformer.ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
-            and isinstance(attn, torch.nn.MultiheadAttention) and attn.batch_first
-            and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
-            and attn.dropout == 0.0)
+    return (
+        type(block) is open_clip.transformer.ResidualAttentionBlock
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attn, torch.nn.MultiheadAttention)
+        and attn.batch_first
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and attn.dropout == 0.0
+    )
 
 
 def _attention_block(block, x: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -258,8 +273,9 @@ def _create_model(model_name: str, pretrained: str | None, device):
         root.removeFilter(quiet)
     if model_name not in _random_models_logged:  # once per process and model
         _random_models_logged.add(model_name)
-        log.warning("CLIP %s has RANDOM weights (pretrained=None): its similarities carry no quality meaning",
-                    model_name)
+        log.warning(
+            "CLIP %s has RANDOM weights (pretrained=None): its similarities carry no quality meaning", model_name
+        )
     return created
 
 
@@ -285,16 +301,23 @@ class ClipEncoder:
         cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
         size = cfg.get("size")
         size = size[0] if isinstance(size, (tuple, list)) and len(set(size)) == 1 else size
-        fast = (isinstance(size, int) and cfg.get("resize_mode", "shortest") == "shortest"
-                and cfg.get("interpolation", "bicubic") in _RESAMPLE)
+        fast = (
+            isinstance(size, int)
+            and cfg.get("resize_mode", "shortest") == "shortest"
+            and cfg.get("interpolation", "bicubic") in _RESAMPLE
+        )
         # models whose preprocessing is not plain resize + centre crop keep open_clip's transform
-        self.image_prep = ImagePrep(size, _RESAMPLE[cfg.get("interpolation", "bicubic")],
-                                    draft=spec.fast_decode) if fast else None
+        self.image_prep = (
+            ImagePrep(size, _RESAMPLE[cfg.get("interpolation", "bicubic")], draft=spec.fast_decode) if fast else None
+        )
         self._mean = torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0)), device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.get("std", (1.0, 1.0, 1.0)), device=self.device).view(1, 3, 1, 1)
         # only open_clip's own CLIP text tower (causal, pooled at EOT) may be cut to length
-        self.text_cut_to_length = (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
-                                   and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+        self.text_cut_to_length = (
+            type(model) is open_clip.CLIP
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+        )
         self.streamlined_image_blocks = _streamline_vision_blocks(model)
         self.causal_text_blocks = self.text_cut_to_length and _causal_text_blocks(model)
         self._image_fn = model.encode_image
@@ -377,8 +400,9 @@ class ClipEncoder:
         else:
             x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
         x = m.ln_final(x)
-        x = open_clip.transformer.text_global_pool(x, tokens, m.text_pool_type,
-                                                   eos_token_id=getattr(m, "text_eos_id", None))
+        x = open_clip.transformer.text_global_pool(
+            x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None)
+        )
         if m.text_projection is not None:
             x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
         return F.normalize(x, dim=-1) if normalize else x
@@ -395,7 +419,7 @@ class ClipEncoder:
         out = np.empty((tokens.shape[0], self.embed_dim), np.float32)
         budget = self.spec.text_batch_size * _TOKENS_PER_SENTENCE
         for idx in _length_chunks(used[order].tolist(), budget):
-            rows = order[idx[0]:idx[1]]
+            rows = order[idx[0] : idx[1]]
             length = int(used[rows].max()) if self.text_cut_to_length else tokens.shape[1]
             chunk = tokens[rows, :length].to(self.device)
             with self._autocast():
@@ -405,8 +429,7 @@ class ClipEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per sentence."""
-        return self.encode_tokens(self.tokenize(texts)) if len(texts) else \
-            np.zeros((0, self.embed_dim), np.float32)
+        return self.encode_tokens(self.tokenize(texts)) if len(texts) else np.zeros((0, self.embed_dim), np.float32)
 
 
 def decode_rgb(data: bytes) -> Image.Image:

@@ -40,12 +40,12 @@ class DocImages:
 
 @dataclass
 class ScoredBatch:
-    similarity_matrices: list[np.ndarray]      # per doc, images x sentences, float32
-    image_names: list[str]                     # distinct images of the batch, feature row order
+    similarity_matrices: list[np.ndarray]  # per doc, images x sentences, float32
+    image_names: list[str]  # distinct images of the batch, feature row order
     image_features: np.ndarray
-    num_distinct_sentences: int                # distinct sentences of the batch
-    sentences_encoded: int = 0                 # of those, not found in the shard's cache
-    images_encoded: int = 0                    # distinct images of the batch not found in the cache
+    num_distinct_sentences: int  # distinct sentences of the batch
+    sentences_encoded: int = 0  # of those, not found in the shard's cache
+    images_encoded: int = 0  # distinct images of the batch not found in the cache
 
 
 class LRU:
@@ -96,9 +96,16 @@ class ShardScorer:
 
     Use as a context manager (the pool is shut down on exit)."""
 
-    def __init__(self, encoder: ClipEncoder, load_image: Callable[[str], bytes], *,
-                 decode_workers: int = 0, sentence_cache_size: int = 32768,
-                 image_cache_size: int = 4096, lookahead: int = 1):
+    def __init__(
+        self,
+        encoder: ClipEncoder,
+        load_image: Callable[[str], bytes],
+        *,
+        decode_workers: int = 0,
+        sentence_cache_size: int = 32768,
+        image_cache_size: int = 4096,
+        lookahead: int = 1,
+    ):
         self.encoder = encoder
         self.load_image = load_image
         on_gpu = not encoder.device.startswith("cpu")
@@ -107,15 +114,17 @@ class ShardScorer:
             # decoders only fill its gaps, so a couple of low-priority threads are enough
             decode_workers = min(32, os.cpu_count() or 1) if on_gpu else 2
         self.decode_workers = decode_workers
-        self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="clip-decode",
-                                        initializer=None if on_gpu else _background_priority)
+        self._pool = ThreadPoolExecutor(
+            decode_workers, thread_name_prefix="clip-decode", initializer=None if on_gpu else _background_priority
+        )
         self.sentence_cache = LRU(sentence_cache_size)
         self.image_cache = LRU(image_cache_size)
         self.lookahead = max(0, lookahead)
         self._inflight: dict[str, Future] = {}
         # seconds the calling thread spent per phase: where a shard's time goes
         self.timings: dict[str, float] = dict.fromkeys(
-            ("wait_decode", "encode_images", "wait_tokenize", "encode_sentences", "similarity"), 0.0)
+            ("wait_decode", "encode_images", "wait_tokenize", "encode_sentences", "similarity"), 0.0
+        )
         # CPU seconds the pool threads spent reading + decoding + preprocessing, and tokenising
         self.background_cpu: dict[str, float] = {"decode_cpu": 0.0, "tokenize_cpu": 0.0}
         self._lock = threading.Lock()
@@ -125,7 +134,7 @@ class ShardScorer:
         self.timings[phase] += now - since
         return now
 
-    def __enter__(self) -> "ShardScorer":
+    def __enter__(self) -> ShardScorer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -190,8 +199,9 @@ class ShardScorer:
             # both sides are unit vectors, so the dot product is the cosine; clip float noise
             matrices.append(np.clip(rows @ cols.T, -1.0, 1.0).astype(np.float32, copy=False))
         self._tick("similarity", started)
-        return ScoredBatch(matrices, job.image_names, image_feats, len(job.sentences),
-                           sentences_encoded, images_encoded)
+        return ScoredBatch(
+            matrices, job.image_names, image_feats, len(job.sentences), sentences_encoded, images_encoded
+        )
 
     def _image_features(self, job: _Pending) -> tuple[np.ndarray, int]:
         feats = np.empty((len(job.image_names), self.encoder.embed_dim), np.float32)
@@ -204,7 +214,7 @@ class ShardScorer:
                 todo.append(i)
         step = self.encoder.spec.batch_size
         for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
+            chunk = todo[start : start + step]
             inputs = []
             started = time.perf_counter()
             for i in chunk:
@@ -247,9 +257,7 @@ class ShardScorer:
         return feats, len(todo)
 
 
-def score_documents(docs: Sequence[DocImages], encoder: ClipEncoder,
-                    load_image: Callable[[str], bytes]) -> ScoredBatch:
+def score_documents(docs: Sequence[DocImages], encoder: ClipEncoder, load_image: Callable[[str], bytes]) -> ScoredBatch:
     """One batch, no caches kept: each distinct image and sentence of the batch embedded once."""
-    with ShardScorer(encoder, load_image, sentence_cache_size=0, image_cache_size=0,
-                     decode_workers=1) as scorer:
+    with ShardScorer(encoder, load_image, sentence_cache_size=0, image_cache_size=0, decode_workers=1) as scorer:
         return scorer.score_batch(docs)

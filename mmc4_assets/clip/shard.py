@@ -20,11 +20,13 @@ import pyarrow as pa
 from mmc4_assets.clip.scoring import DocImages, ScoredBatch, ShardScorer
 from mmc4_assets.stats import StepStats
 
-IMAGE_STRUCT = pl.Struct({"image_index": pl.Int32, "image_name": pl.String,
-                          "raw_url": pl.String, "phash": pl.String})
+IMAGE_STRUCT = pl.Struct({"image_index": pl.Int32, "image_name": pl.String, "raw_url": pl.String, "phash": pl.String})
 CLIP_SCORES_SCHEMA = {
-    "doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String),
-    "images": pl.List(IMAGE_STRUCT), "similarity_matrix": pl.List(pl.List(pl.Float32)),
+    "doc_id": pl.String,
+    "url": pl.String,
+    "text_list": pl.List(pl.String),
+    "images": pl.List(IMAGE_STRUCT),
+    "similarity_matrix": pl.List(pl.List(pl.Float32)),
 }
 RAW_COLUMNS = ["doc_id", "url", "text_list"]
 FETCHED_COLUMNS = ["doc_id", "image_index", "image_name", "raw_url", "phash", "status"]
@@ -43,21 +45,22 @@ class FetchedOrderError(ValueError):
 class DocBatch:
     """The documents of one raw_c4 batch that kept an image, with their images in order."""
 
-    docs: pl.DataFrame              # doc_id, url, text_list
-    images: pl.DataFrame            # image_index, image_name, raw_url, phash; grouped by doc
-    images_per_doc: np.ndarray      # int64, one per row of docs
-    num_without_images: int         # documents of the raw batch with no ok image
+    docs: pl.DataFrame  # doc_id, url, text_list
+    images: pl.DataFrame  # image_index, image_name, raw_url, phash; grouped by doc
+    images_per_doc: np.ndarray  # int64, one per row of docs
+    num_without_images: int  # documents of the raw batch with no ok image
 
     def doc_images(self) -> list[DocImages]:
         names = self.images["image_name"].to_list()
         ends = np.cumsum(self.images_per_doc).tolist()
         starts = [0, *ends[:-1]]
-        return [DocImages(d, t, names[a:b]) for d, t, a, b in
-                zip(self.docs["doc_id"].to_list(), self.docs["text_list"].to_list(), starts, ends)]
+        return [
+            DocImages(d, t, names[a:b])
+            for d, t, a, b in zip(self.docs["doc_id"].to_list(), self.docs["text_list"].to_list(), starts, ends)
+        ]
 
 
-def join_fetched(raw_batches: Iterable[pl.DataFrame],
-                 fetched_batches: Iterable[pl.DataFrame]) -> Iterator[DocBatch]:
+def join_fetched(raw_batches: Iterable[pl.DataFrame], fetched_batches: Iterable[pl.DataFrame]) -> Iterator[DocBatch]:
     """Merge-join raw_c4 batches with the ``ok`` rows of fetched_images, both in document order."""
     fetched = (b.filter(pl.col("status") == "ok").drop("status") for b in fetched_batches)
     buffer: pl.DataFrame | None = None
@@ -80,7 +83,8 @@ def join_fetched(raw_batches: Iterable[pl.DataFrame],
             if inside[k:].any():
                 raise FetchedOrderError(
                     f"fetched_images row for {buffer['doc_id'][k + int(inside[k:].argmax())]!r} comes after "
-                    f"{buffer['doc_id'][k]!r}, which is not in the same raw_c4 batch")
+                    f"{buffer['doc_id'][k]!r}, which is not in the same raw_c4 batch"
+                )
             mine, buffer = buffer[:k], buffer[k:]
         yield _doc_batch(raw, mine)
     leftover = buffer.height if buffer is not None else 0
@@ -96,12 +100,14 @@ def _doc_batch(raw: pl.DataFrame, images: pl.DataFrame | None) -> DocBatch:
         empty = pl.DataFrame(schema={k: IMAGE_STRUCT.to_schema()[k] for k in _IMAGE_FIELDS})
         return DocBatch(docs.clear(), empty, np.zeros(0, np.int64), raw.height)
     pos = docs.select("doc_id").with_row_index("pos")
-    images = (images.join(pos, on="doc_id", how="left", maintain_order="left")
-                    .sort("pos", "image_index", maintain_order=True))
+    images = images.join(pos, on="doc_id", how="left", maintain_order="left").sort(
+        "pos", "image_index", maintain_order=True
+    )
     counts = np.bincount(images["pos"].to_numpy(), minlength=raw.height)
     kept = counts > 0
-    return DocBatch(docs.filter(pl.Series(kept)), images.select(_IMAGE_FIELDS),
-                    counts[kept].astype(np.int64), int((~kept).sum()))
+    return DocBatch(
+        docs.filter(pl.Series(kept)), images.select(_IMAGE_FIELDS), counts[kept].astype(np.int64), int((~kept).sum())
+    )
 
 
 class DigestSet:
@@ -145,17 +151,21 @@ class DigestSet:
 class ShardScoreStats:
     """What a shard's scoring did, beyond kept/dropped documents."""
 
-    images_scored: int = 0          # distinct images written to clip_image_features
-    images_encoded: int = 0         # image forward passes (cache misses)
-    sentences: int = 0              # sentences of scored documents
+    images_scored: int = 0  # distinct images written to clip_image_features
+    images_encoded: int = 0  # image forward passes (cache misses)
+    sentences: int = 0  # sentences of scored documents
     sentences_distinct_in_batches: int = 0
-    sentences_encoded: int = 0      # sentence forward passes (cache misses)
+    sentences_encoded: int = 0  # sentence forward passes (cache misses)
     seen: DigestSet = field(default_factory=DigestSet)
 
 
-def score_shard(raw_batches: Iterable[pl.DataFrame], fetched_batches: Iterable[pl.DataFrame],
-                scorer: ShardScorer, stats: StepStats,
-                totals: ShardScoreStats) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+def score_shard(
+    raw_batches: Iterable[pl.DataFrame],
+    fetched_batches: Iterable[pl.DataFrame],
+    scorer: ShardScorer,
+    stats: StepStats,
+    totals: ShardScoreStats,
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """(clip_scores rows, new clip_image_features rows) per raw_c4 batch, streamed."""
     batches = ((b, b.doc_images()) for b in join_fetched(raw_batches, fetched_batches))
     for batch, scored in scorer.score(batches):
@@ -168,9 +178,13 @@ def score_shard(raw_batches: Iterable[pl.DataFrame], fetched_batches: Iterable[p
         totals.sentences += sum(m.shape[1] for m in scored.similarity_matrices)
         new = totals.seen.add_new(scored.image_names)
         totals.images_scored += int(new.sum())
-        features = pl.DataFrame({
-            "image_name": [n for n, is_new in zip(scored.image_names, new) if is_new],
-            "embedding": scored.image_features[new]}, schema=features_schema(scored.image_features.shape[1]))
+        features = pl.DataFrame(
+            {
+                "image_name": [n for n, is_new in zip(scored.image_names, new) if is_new],
+                "embedding": scored.image_features[new],
+            },
+            schema=features_schema(scored.image_features.shape[1]),
+        )
         yield scores_frame(batch, scored), features
 
 
@@ -187,14 +201,24 @@ def scores_frame(batch: DocBatch, scored: ScoredBatch) -> pl.DataFrame:
     np.cumsum(n, out=doc_offsets[1:])
     rows = pa.LargeListArray.from_arrays(pa.array(row_offsets), pa.array(values))
     images = batch.images.to_arrow().to_struct_array().combine_chunks()
-    table = batch.docs.to_arrow().append_column(
-        "images", pa.LargeListArray.from_arrays(pa.array(doc_offsets), images)
-    ).append_column("similarity_matrix", pa.LargeListArray.from_arrays(pa.array(doc_offsets), rows))
+    table = (
+        batch.docs.to_arrow()
+        .append_column("images", pa.LargeListArray.from_arrays(pa.array(doc_offsets), images))
+        .append_column("similarity_matrix", pa.LargeListArray.from_arrays(pa.array(doc_offsets), rows))
+    )
     return pl.from_arrow(table).cast(CLIP_SCORES_SCHEMA)
 
 
-def write_clip_scores(store, shard: str, scorer: ShardScorer, stats: StepStats, *, docs_per_batch: int = 256,
-                      fetched_rows_per_batch: int = 4096, params: dict | None = None) -> ShardScoreStats:
+def write_clip_scores(
+    store,
+    shard: str,
+    scorer: ShardScorer,
+    stats: StepStats,
+    *,
+    docs_per_batch: int = 256,
+    fetched_rows_per_batch: int = 4096,
+    params: dict | None = None,
+) -> ShardScoreStats:
     """The clip_scores step of one shard: read raw_c4 + fetched_images, score, write both tables.
 
     ``params`` (the model the scores come from) travel with both tables (``read_table_params``).
@@ -204,8 +228,10 @@ def write_clip_scores(store, shard: str, scorer: ShardScorer, stats: StepStats, 
     raw = store.iter_batches("raw_c4", shard, RAW_COLUMNS, docs_per_batch)
     fetched = store.iter_batches("fetched_images", shard, FETCHED_COLUMNS, fetched_rows_per_batch)
     features = features_schema(scorer.encoder.embed_dim)
-    with store.table_writer("clip_scores", shard, CLIP_SCORES_SCHEMA, params) as out, \
-            store.table_writer("clip_image_features", shard, features, params) as feats:
+    with (
+        store.table_writer("clip_scores", shard, CLIP_SCORES_SCHEMA, params) as out,
+        store.table_writer("clip_image_features", shard, features, params) as feats,
+    ):
         for rows, features in score_shard(raw, fetched, scorer, stats, totals):
             out.write(rows)
             feats.write(features)

@@ -34,8 +34,8 @@ from mmc4_assets.engine import map_ordered
 from mmc4_assets.mmc4_params import BlocklistRule
 from mmc4_assets.storage import ShardStore
 
-RULE = "mmc4_sample_blocklist"       # MMC4's rule (default)
-EXACT_RULE = "exact_corpus_count"    # the stricter variant: exact pHash in > 10 documents corpus-wide
+RULE = "mmc4_sample_blocklist"  # MMC4's rule (default)
+EXACT_RULE = "exact_corpus_count"  # the stricter variant: exact pHash in > 10 documents corpus-wide
 SAMPLE_SCHEMA = {"priority": pl.UInt64, "key": pl.UInt64, "shard": pl.String}
 BLOCKLIST_SCHEMA = {"key": pl.UInt64, "near_duplicates": pl.UInt32}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -137,13 +137,14 @@ def build_blocklist(sample: pl.DataFrame, rule: BlocklistRule) -> pl.DataFrame:
     half = near_pairs(keys, keys, rule.max_distance, ordered=True)
     # each unordered pair counts for both ends
     pairs = pl.concat([half, half.select(key="other", other="key")])
-    others = (pairs.join(counts.rename({"key": "other"}), on="other")
-              .group_by("key").agg(near=pl.col("m").sum()))
-    out = (counts.join(others, on="key", how="left")
-           # exact copies are duplicates too: m - 1 of them besides the image itself
-           .select("key", near_duplicates=(pl.col("m") - 1 + pl.col("near").fill_null(0)).cast(pl.UInt32))
-           .filter(pl.col("near_duplicates") > rule.max_near_duplicates)
-           .sort("key"))
+    others = pairs.join(counts.rename({"key": "other"}), on="other").group_by("key").agg(near=pl.col("m").sum())
+    out = (
+        counts.join(others, on="key", how="left")
+        # exact copies are duplicates too: m - 1 of them besides the image itself
+        .select("key", near_duplicates=(pl.col("m") - 1 + pl.col("near").fill_null(0)).cast(pl.UInt32))
+        .filter(pl.col("near_duplicates") > rule.max_near_duplicates)
+        .sort("key")
+    )
     return out.cast(BLOCKLIST_SCHEMA)
 
 
@@ -151,7 +152,7 @@ def build_blocklist(sample: pl.DataFrame, rule: BlocklistRule) -> pl.DataFrame:
 class Blocklist:
     """The blocked pHashes and the distance within which they drop an image."""
 
-    keys: np.ndarray          # u64, sorted
+    keys: np.ndarray  # u64, sorted
     max_distance: int = BlocklistRule.max_distance
     version: int = 0
     rule: str = RULE
@@ -191,22 +192,30 @@ def sample_chunk(shards: list[str], read: Callable[[str], pl.DataFrame], rule: B
     return out
 
 
-def sample_shards(shards: list[str], read: Callable[[str], pl.DataFrame], rule: BlocklistRule,
-                  client=None, chunk: int = 64) -> pl.DataFrame:
+def sample_shards(
+    shards: list[str], read: Callable[[str], pl.DataFrame], rule: BlocklistRule, client=None, chunk: int = 64
+) -> pl.DataFrame:
     """The bottom-k sample of ``shards``: chunks of shards sampled on the engine, merged here.
 
     Memory here: two chunk samples (<= 2 x sample_size rows) whatever the corpus size.
     """
-    groups = [shards[i:i + chunk] for i in range(0, len(shards), chunk)]
+    groups = [shards[i : i + chunk] for i in range(0, len(shards), chunk)]
     sample = pl.DataFrame(schema=SAMPLE_SCHEMA)
     for part in map_ordered(client, sample_chunk, groups, read, rule):
         sample = merge_sample([sample, part], rule)
     return sample
 
 
-def update_image_blocklist(store: ShardStore, latest: dict[str, int | None],
-                           read_counts: Callable[[str], pl.DataFrame], rule: BlocklistRule = BlocklistRule(), *,
-                           full_recompute: bool = False, frozen: bool = False, client=None) -> CorpusUpdate:
+def update_image_blocklist(
+    store: ShardStore,
+    latest: dict[str, int | None],
+    read_counts: Callable[[str], pl.DataFrame],
+    rule: BlocklistRule = BlocklistRule(),
+    *,
+    full_recompute: bool = False,
+    frozen: bool = False,
+    client=None,
+) -> CorpusUpdate:
     """Bring the sample and blocklist to ``latest`` (shard -> version of its image_hash_counts).
 
     New shards are merged into the stored sample (O(new rows)). A re-materialized or removed
@@ -217,8 +226,7 @@ def update_image_blocklist(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = rule.as_dict()
-    full_recompute = full_recompute or bool(
-        state.version and {k: state.settings.get(k) for k in settings} != settings)
+    full_recompute = full_recompute or bool(state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, _stats(state, rule, frozen))
@@ -231,8 +239,9 @@ def update_image_blocklist(store: ShardStore, latest: dict[str, int | None],
         state = state.fresh(settings)
         sample = sample_shards(sorted(changes), read_counts, rule, client)
     else:
-        sample = merge_sample([state.read("sample", SAMPLE_SCHEMA),
-                               sample_shards(sorted(changes), read_counts, rule, client)], rule)
+        sample = merge_sample(
+            [state.read("sample", SAMPLE_SCHEMA), sample_shards(sorted(changes), read_counts, rule, client)], rule
+        )
     for shard, version in changes.items():
         state.shard_id(shard)
         state.registry[shard]["storage_id"] = version
@@ -248,21 +257,37 @@ def update_image_blocklist(store: ShardStore, latest: dict[str, int | None],
     # only the new shards are published from this version
     publish = set(state.registry) if changed else set(changes)
     version = state.commit(publish, **settings, blocklist_id=new_id, frozen=keep)
-    return CorpusUpdate(version, sorted(changes), removed, sorted(state.registry) if changed else [],
-                        full_recompute, state.affected_file,
-                        {**_stats(state, rule, frozen), "blocklist_changed": changed,
-                         "blocked_added": int((~blocklist["key"].is_in(old_blocklist["key"].implode())).sum()),
-                         "blocked_removed": int((~old_blocklist["key"].is_in(blocklist["key"].implode())).sum())})
+    return CorpusUpdate(
+        version,
+        sorted(changes),
+        removed,
+        sorted(state.registry) if changed else [],
+        full_recompute,
+        state.affected_file,
+        {
+            **_stats(state, rule, frozen),
+            "blocklist_changed": changed,
+            "blocked_added": int((~blocklist["key"].is_in(old_blocklist["key"].implode())).sum()),
+            "blocked_removed": int((~old_blocklist["key"].is_in(blocklist["key"].implode())).sum()),
+        },
+    )
 
 
 def _stats(state: CorpusState, rule: BlocklistRule, frozen: bool) -> dict:
     sample = state.read("sample", SAMPLE_SCHEMA)
-    return {"rule": RULE, "shards": len(state.registry), "sample_size": rule.sample_size,
-            "sampled_images": sample.height, "sampled_shards": sample["shard"].n_unique(),
-            "blocklist_size": state.read("blocklist", BLOCKLIST_SCHEMA).height,
-            "blocklist_id": state.settings.get("blocklist_id", ""), "frozen": frozen,
-            "max_near_duplicates": rule.max_near_duplicates, "max_distance": rule.max_distance,
-            "seed": rule.seed}
+    return {
+        "rule": RULE,
+        "shards": len(state.registry),
+        "sample_size": rule.sample_size,
+        "sampled_images": sample.height,
+        "sampled_shards": sample["shard"].n_unique(),
+        "blocklist_size": state.read("blocklist", BLOCKLIST_SCHEMA).height,
+        "blocklist_id": state.settings.get("blocklist_id", ""),
+        "frozen": frozen,
+        "max_near_duplicates": rule.max_near_duplicates,
+        "max_distance": rule.max_distance,
+        "seed": rule.seed,
+    }
 
 
 def load_blocklist(store: ShardStore) -> tuple[Blocklist, dict[str, int | None], dict]:

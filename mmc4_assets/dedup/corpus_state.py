@@ -45,10 +45,16 @@ class ConcurrentUpdate(RuntimeError):
 class CorpusState:
     """The registry and versioned tables of one corpus-wide asset."""
 
-    def __init__(self, store: ShardStore, name: str, version: int = 0,
-                 registry: dict[str, dict[str, Any]] | None = None,
-                 files: dict[str, str] | None = None, settings: dict[str, Any] | None = None,
-                 next_id: int = 0):
+    def __init__(
+        self,
+        store: ShardStore,
+        name: str,
+        version: int = 0,
+        registry: dict[str, dict[str, Any]] | None = None,
+        files: dict[str, str] | None = None,
+        settings: dict[str, Any] | None = None,
+        next_id: int = 0,
+    ):
         self.store, self.name, self.version = store, name, version
         self.registry = registry or {}
         self.files = files or {}
@@ -61,15 +67,14 @@ class CorpusState:
 
     # -- loading -----------------------------------------------------------------------
     @classmethod
-    def load(cls, store: ShardStore, name: str) -> "CorpusState":
+    def load(cls, store: ShardStore, name: str) -> CorpusState:
         path = store.path("corpus", name, STATE_FILE)
         if not path.exists():
             return cls(store, name)
         raw = json.loads(path.read_bytes())
-        return cls(store, name, raw["version"], raw["registry"], raw["files"], raw["settings"],
-                   raw["next_id"])
+        return cls(store, name, raw["version"], raw["registry"], raw["files"], raw["settings"], raw["next_id"])
 
-    def fresh(self, settings: dict[str, Any]) -> "CorpusState":
+    def fresh(self, settings: dict[str, Any]) -> CorpusState:
         """An empty state that will replace this one (a full recompute) on commit."""
         new = CorpusState(self.store, self.name, version=self.version, settings=dict(settings))
         new.loaded_version = self.loaded_version
@@ -125,8 +130,14 @@ class CorpusState:
         self.files.update(self._staged)
         self._staged = {}
         self.settings.update(settings)
-        state = {"version": self.version, "registry": self.registry, "files": self.files,
-                 "settings": self.settings, "next_id": self.next_id, "affected_file": self.affected_file}
+        state = {
+            "version": self.version,
+            "registry": self.registry,
+            "files": self.files,
+            "settings": self.settings,
+            "next_id": self.next_id,
+            "affected_file": self.affected_file,
+        }
         self.store.write_bytes(self.path(STATE_FILE), json.dumps(state, sort_keys=True).encode())
         self._sweep()
         return self.version
@@ -141,9 +152,9 @@ class CorpusState:
         keep = set(self.files.values()) | {STATE_FILE}
         for path in folder.iterdir():
             name = path.name
-            if name.endswith(".parquet") and name not in keep and _version_of(name) < self.version:
-                path.unlink(missing_ok=True)
-            elif name.startswith("affected.") and _version_of(name) <= self.version - KEEP_AFFECTED:
+            stale_table = name.endswith(".parquet") and name not in keep and _version_of(name) < self.version
+            old_affected = name.startswith("affected.") and _version_of(name) <= self.version - KEEP_AFFECTED
+            if stale_table or old_affected:
                 path.unlink(missing_ok=True)
 
 
@@ -162,18 +173,18 @@ class CorpusUpdate:
     removed: list[str]
     affected_shards: list[str]
     full_recompute: bool
-    affected_file: str | None     # where affected_shards is stored (None: no new version)
+    affected_file: str | None  # where affected_shards is stored (None: no new version)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(state: CorpusState, latest: dict[str, int | None],
-         full_recompute: bool) -> tuple[dict[str, int | None], list[str]]:
+def plan(
+    state: CorpusState, latest: dict[str, int | None], full_recompute: bool
+) -> tuple[dict[str, int | None], list[str]]:
     """(shards to read, shards to forget): new or changed versions, and shards gone upstream."""
     removed = sorted(s for s in state.registry if s not in latest)
     if full_recompute:
         return dict(latest), removed
-    changes = {s: v for s, v in latest.items()
-               if s not in state.registry or state.registry[s]["storage_id"] != v}
+    changes = {s: v for s, v in latest.items() if s not in state.registry or state.registry[s]["storage_id"] != v}
     return changes, removed
 
 
@@ -181,24 +192,27 @@ def plan(state: CorpusState, latest: dict[str, int | None],
 class KeyUpdate:
     """What one update did to a key index, for the keys it touched."""
 
-    before: pl.DataFrame            # POSTINGS of touched keys, old state
-    after: pl.DataFrame             # POSTINGS of touched keys, new state
-    rows: int = 0                   # rows in the index after the update
+    before: pl.DataFrame  # POSTINGS of touched keys, old state
+    after: pl.DataFrame  # POSTINGS of touched keys, new state
+    rows: int = 0  # rows in the index after the update
     buckets_rewritten: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _postings(rows: pl.DataFrame) -> pl.DataFrame:
-    return (rows.group_by("key")
-            .agg(pl.col("n").sum().cast(pl.UInt32), pl.col("shard").unique().sort().alias("shards"))
-            .select(list(POSTINGS)).cast(POSTINGS))
+    return (
+        rows.group_by("key")
+        .agg(pl.col("n").sum().cast(pl.UInt32), pl.col("shard").unique().sort().alias("shards"))
+        .select(list(POSTINGS))
+        .cast(POSTINGS)
+    )
 
 
 def bucket_table(counter: str, bucket: int) -> str:
     return f"{counter}.b{bucket:04d}"
 
 
-SPILL_PARTS = 256          # a spill is cut this fine, so it serves any bucket count dividing it
+SPILL_PARTS = 256  # a spill is cut this fine, so it serves any bucket count dividing it
 MAX_BUCKET_ROWS = 4_000_000  # an index grows its bucket count to stay under this many rows a bucket
 
 
@@ -239,8 +253,9 @@ class BucketSpill:
         if SPILL_PARTS % buckets:
             raise ValueError(f"bucket count {buckets} must divide {SPILL_PARTS}")
         self.flush()
-        files = [f for p in range(b, SPILL_PARTS, buckets)
-                 for f in sorted(Path(self._dir.name).glob(f"p{p:04d}.f*.parquet"))]
+        files = [
+            f for p in range(b, SPILL_PARTS, buckets) for f in sorted(Path(self._dir.name).glob(f"p{p:04d}.f*.parquet"))
+        ]
         if not files:
             return pl.DataFrame(schema=self.schema)
         return pl.concat([pl.read_parquet(f) for f in files]).cast(self.schema)
@@ -268,20 +283,24 @@ def grown_buckets(current: int, rows: int, minimum: int) -> int:
     return b
 
 
-def _over_postings(old: pl.DataFrame, new: pl.DataFrame, touched: pl.DataFrame,
-                   limit: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _over_postings(
+    old: pl.DataFrame, new: pl.DataFrame, touched: pl.DataFrame, limit: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """POSTINGS before and after, only for touched keys over ``limit`` on either side.
 
     The other touched keys can flip nothing, so they are never materialized as lists:
     a batch touching millions of keys keeps only the few that matter.
     """
+
     def sums(rows: pl.DataFrame) -> pl.DataFrame:
         return rows.join(touched, on="key", how="semi").group_by("key").agg(pl.col("n").sum())
 
-    over = pl.concat([sums(old).filter(pl.col("n") > limit)["key"],
-                      sums(new).filter(pl.col("n") > limit)["key"]]).unique().to_frame()
-    return (_postings(old.join(over, on="key", how="semi")),
-            _postings(new.join(over, on="key", how="semi")))
+    over = (
+        pl.concat([sums(old).filter(pl.col("n") > limit)["key"], sums(new).filter(pl.col("n") > limit)["key"]])
+        .unique()
+        .to_frame()
+    )
+    return (_postings(old.join(over, on="key", how="semi")), _postings(new.join(over, on="key", how="semi")))
 
 
 def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -> Iterator[tuple[int, pl.DataFrame]]:
@@ -296,8 +315,14 @@ def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -
             yield b, old.filter((pl.col("key") % count) == b)
 
 
-def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: Iterable[int],
-                     added: pl.DataFrame | BucketSpill, limit: int = 0) -> KeyUpdate:
+def update_key_index(
+    state: CorpusState,
+    counter: str,
+    buckets: int,
+    replaced: Iterable[int],
+    added: pl.DataFrame | BucketSpill,
+    limit: int = 0,
+) -> KeyUpdate:
     """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket.
 
     ``added`` is a frame (a few shards) or a BucketSpill (a batch, a full recompute): either
@@ -333,8 +358,7 @@ def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: I
         del old, new, new_rows, stale, touched
     state.settings.update({f"{counter}.buckets": count, f"{counter}.rows": rows})
     empty = pl.DataFrame(schema=POSTINGS)
-    return KeyUpdate(pl.concat(before) if before else empty, pl.concat(after) if after else empty,
-                     rows, rewritten)
+    return KeyUpdate(pl.concat(before) if before else empty, pl.concat(after) if after else empty, rows, rewritten)
 
 
 def update_over_limit(state: CorpusState, counter: str, update: KeyUpdate, limit: int) -> pl.DataFrame:
@@ -342,8 +366,7 @@ def update_over_limit(state: CorpusState, counter: str, update: KeyUpdate, limit
     table = f"{counter}.over"
     old = state.read(table, POSTINGS)
     touched = pl.concat([update.before["key"], update.after["key"]]).unique().to_frame()
-    new = pl.concat([old.join(touched, on="key", how="anti"),
-                     update.after.filter(pl.col("n") > limit)]).sort("key")
+    new = pl.concat([old.join(touched, on="key", how="anti"), update.after.filter(pl.col("n") > limit)]).sort("key")
     if update.before.height or update.after.height or state.files.get(table) is None:
         state.stage(table, new)
     return new
@@ -375,10 +398,17 @@ def read_affected(store: ShardStore, name: str, affected_file: str) -> list[str]
     return json.loads(path.read_bytes()) if path.exists() else None
 
 
-def over_set_changes(old: pl.DataFrame, old_ids: dict[int, str], new: pl.DataFrame,
-                     new_ids: dict[int, str], *, postings_matter: bool = False) -> set[str]:
+def over_set_changes(
+    old: pl.DataFrame,
+    old_ids: dict[int, str],
+    new: pl.DataFrame,
+    new_ids: dict[int, str],
+    *,
+    postings_matter: bool = False,
+) -> set[str]:
     """Shards touched by the difference of two over-the-limit sets (after a full recompute,
     when shard ids were renumbered and the update has no 'before' of its own)."""
+
     def keyed(frame: pl.DataFrame, ids: dict[int, str]) -> dict[int, frozenset[str]]:
         return {k: frozenset(ids[i] for i in s) for k, s in zip(frame["key"].to_list(), frame["shards"].to_list())}
 

@@ -25,8 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards,
-                                            over_set_changes, plan, update_key_index, update_over_limit)
+from mmc4_assets.dedup.corpus_state import (
+    POSTINGS,
+    BucketSpill,
+    CorpusState,
+    CorpusUpdate,
+    flipped_shards,
+    over_set_changes,
+    plan,
+    update_key_index,
+    update_over_limit,
+)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
 from mmc4_assets.engine import map_ordered
@@ -35,14 +44,23 @@ from mmc4_assets.storage import ShardStore
 
 NAME = "doc_index"
 SCHEME = MinHashScheme()
-EDGES_SCHEMA = {"a_shard": pl.String, "a_doc": pl.String, "b_shard": pl.String, "b_doc": pl.String,
-                "jaccard": pl.Float32}
+EDGES_SCHEMA = {
+    "a_shard": pl.String,
+    "a_doc": pl.String,
+    "b_shard": pl.String,
+    "b_doc": pl.String,
+    "jaccard": pl.Float32,
+}
 COUNTERS = ("url", "url_candidate", "band")
 
 
 def fingerprint_schema(scheme: MinHashScheme = SCHEME) -> dict:
-    return {"doc_id": pl.String, "url_key": pl.UInt64, "candidate": pl.Boolean,
-            "signature": pl.Array(pl.UInt32, scheme.num_perm)}
+    return {
+        "doc_id": pl.String,
+        "url_key": pl.UInt64,
+        "candidate": pl.Boolean,
+        "signature": pl.Array(pl.UInt32, scheme.num_perm),
+    }
 
 
 def candidate_fingerprints(docs: pl.DataFrame, scheme: MinHashScheme = SCHEME) -> pl.DataFrame:
@@ -50,19 +68,29 @@ def candidate_fingerprints(docs: pl.DataFrame, scheme: MinHashScheme = SCHEME) -
     texts = docs["text_list"].list.join(" ").to_list()
     sigs = signatures(texts, scheme)
     empty = (sigs == np.iinfo(np.uint32).max).all(axis=1)  # no word at all: matches nothing
-    return pl.DataFrame({
-        "doc_id": docs["doc_id"], "url_key": url_keys(docs["url"]),
-        "candidate": pl.Series([True] * docs.height, dtype=pl.Boolean),
-        "signature": pl.Series("signature", sigs, dtype=pl.Array(pl.UInt32, scheme.num_perm)),
-    }).with_columns(pl.when(pl.Series(empty, dtype=pl.Boolean)).then(None).otherwise(pl.col("signature"))
-                    .alias("signature")).cast(fingerprint_schema(scheme))
+    return (
+        pl.DataFrame(
+            {
+                "doc_id": docs["doc_id"],
+                "url_key": url_keys(docs["url"]),
+                "candidate": pl.Series([True] * docs.height, dtype=pl.Boolean),
+                "signature": pl.Series("signature", sigs, dtype=pl.Array(pl.UInt32, scheme.num_perm)),
+            }
+        )
+        .with_columns(
+            pl.when(pl.Series(empty, dtype=pl.Boolean)).then(None).otherwise(pl.col("signature")).alias("signature")
+        )
+        .cast(fingerprint_schema(scheme))
+    )
 
 
 def other_fingerprints(docs: pl.DataFrame, scheme: MinHashScheme = SCHEME) -> pl.DataFrame:
     """Fingerprint rows of raw_c4 documents (doc_id, url) that are not candidates."""
-    return pl.DataFrame({"doc_id": docs["doc_id"], "url_key": url_keys(docs["url"])}).with_columns(
-        candidate=pl.lit(False), signature=pl.lit(None, dtype=pl.Array(pl.UInt32, scheme.num_perm))
-    ).cast(fingerprint_schema(scheme))
+    return (
+        pl.DataFrame({"doc_id": docs["doc_id"], "url_key": url_keys(docs["url"])})
+        .with_columns(candidate=pl.lit(False), signature=pl.lit(None, dtype=pl.Array(pl.UInt32, scheme.num_perm)))
+        .cast(fingerprint_schema(scheme))
+    )
 
 
 def doc_band_rows(fingerprints: pl.DataFrame, scheme: MinHashScheme = SCHEME) -> pl.DataFrame:
@@ -71,22 +99,28 @@ def doc_band_rows(fingerprints: pl.DataFrame, scheme: MinHashScheme = SCHEME) ->
     if signed.height == 0:
         return pl.DataFrame(schema={"doc_id": pl.String, "key": pl.UInt64})
     keys = band_keys(signed["signature"].to_numpy(), scheme)
-    return pl.DataFrame({"doc_id": np.repeat(signed["doc_id"].to_numpy(), scheme.bands),
-                         "key": keys.reshape(-1)}, schema={"doc_id": pl.String, "key": pl.UInt64})
+    return pl.DataFrame(
+        {"doc_id": np.repeat(signed["doc_id"].to_numpy(), scheme.bands), "key": keys.reshape(-1)},
+        schema={"doc_id": pl.String, "key": pl.UInt64},
+    )
 
 
 def contributions(fingerprints: pl.DataFrame, scheme: MinHashScheme = SCHEME) -> dict[str, pl.DataFrame]:
     """(key, n) per counter: what one shard adds to the corpus index."""
+
     def count(frame: pl.DataFrame, col: str) -> pl.DataFrame:
         return frame.group_by(pl.col(col).alias("key")).agg(n=pl.len().cast(pl.UInt32))
 
-    return {"url": count(fingerprints, "url_key"),
-            "url_candidate": count(fingerprints.filter(pl.col("candidate")), "url_key"),
-            "band": count(doc_band_rows(fingerprints, scheme), "key")}
+    return {
+        "url": count(fingerprints, "url_key"),
+        "url_candidate": count(fingerprints.filter(pl.col("candidate")), "url_key"),
+        "band": count(doc_band_rows(fingerprints, scheme), "key"),
+    }
 
 
-def _shard_contributions(shard: str, read: Callable[[str], pl.DataFrame],
-                         scheme: MinHashScheme) -> dict[str, pl.DataFrame]:
+def _shard_contributions(
+    shard: str, read: Callable[[str], pl.DataFrame], scheme: MinHashScheme
+) -> dict[str, pl.DataFrame]:
     return contributions(read(shard), scheme)
 
 
@@ -94,9 +128,14 @@ def _dropped(edges: pl.DataFrame) -> pl.DataFrame:
     return edges.select(shard="b_shard", doc_id="b_doc").unique()
 
 
-def _near_duplicate_edges(shared: pl.DataFrame, changed: set[str], id_to_shard: dict[int, str],
-                          read: Callable[[str], pl.DataFrame], threshold: float,
-                          scheme: MinHashScheme) -> tuple[pl.DataFrame, int]:
+def _near_duplicate_edges(
+    shared: pl.DataFrame,
+    changed: set[str],
+    id_to_shard: dict[int, str],
+    read: Callable[[str], pl.DataFrame],
+    threshold: float,
+    scheme: MinHashScheme,
+) -> tuple[pl.DataFrame, int]:
     """Verified pairs among documents sharing a band key, at least one of them on a changed
     shard; and how many shards were read for them.
 
@@ -104,36 +143,55 @@ def _near_duplicate_edges(shared: pl.DataFrame, changed: set[str], id_to_shard: 
     """
     if shared.height == 0:
         return pl.DataFrame(schema=EDGES_SCHEMA), 0
-    keys_by_shard = (shared.explode("shards").group_by("shards").agg("key")
-                     .with_columns(shard=pl.col("shards").replace_strict(id_to_shard, return_dtype=pl.String)))
+    keys_by_shard = (
+        shared.explode("shards")
+        .group_by("shards")
+        .agg("key")
+        .with_columns(shard=pl.col("shards").replace_strict(id_to_shard, return_dtype=pl.String))
+    )
     rows, sigs = [], {}
     for shard, keys in zip(keys_by_shard["shard"], keys_by_shard["key"]):
         fp = read(shard)
-        bands = doc_band_rows(fp, scheme).join(pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}),
-                                               on="key", how="semi")
+        bands = doc_band_rows(fp, scheme).join(
+            pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}), on="key", how="semi"
+        )
         docs = bands["doc_id"].unique()
         held = fp.filter(pl.col("doc_id").is_in(docs.implode()))
         sigs[shard] = dict(zip(held["doc_id"].to_list(), held["signature"].to_numpy()))
         rows.append(bands.with_columns(shard=pl.lit(shard)))
     long = pl.concat(rows)
-    pairs = (long.join(long, on="key", suffix="_b")
-             .filter((pl.col("shard") < pl.col("shard_b"))
-                     | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b"))))
-             .filter(pl.col("shard").is_in(list(changed)) | pl.col("shard_b").is_in(list(changed)))
-             .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b").unique())
+    pairs = (
+        long.join(long, on="key", suffix="_b")
+        .filter(
+            (pl.col("shard") < pl.col("shard_b"))
+            | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b")))
+        )
+        .filter(pl.col("shard").is_in(list(changed)) | pl.col("shard_b").is_in(list(changed)))
+        .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b")
+        .unique()
+    )
     if pairs.height == 0:
         return pl.DataFrame(schema=EDGES_SCHEMA), len(sigs)
     a = np.stack([sigs[s][d] for s, d in zip(pairs["a_shard"], pairs["a_doc"])])
     b = np.stack([sigs[s][d] for s, d in zip(pairs["b_shard"], pairs["b_doc"])])
-    return (pairs.with_columns(jaccard=pl.Series(estimated_jaccard(a, b), dtype=pl.Float32))
-            .filter(pl.col("jaccard") >= threshold).cast(EDGES_SCHEMA)), len(sigs)
+    return (
+        pairs.with_columns(jaccard=pl.Series(estimated_jaccard(a, b), dtype=pl.Float32))
+        .filter(pl.col("jaccard") >= threshold)
+        .cast(EDGES_SCHEMA)
+    ), len(sigs)
 
 
-def update_doc_index(store: ShardStore, latest: dict[str, int | None],
-                     read_fingerprints: Callable[[str], pl.DataFrame], *,
-                     threshold: float = DocIndexSettings.near_duplicate_jaccard,
-                     buckets: int = 16, scheme: MinHashScheme = SCHEME,
-                     full_recompute: bool = False, client=None) -> CorpusUpdate:
+def update_doc_index(
+    store: ShardStore,
+    latest: dict[str, int | None],
+    read_fingerprints: Callable[[str], pl.DataFrame],
+    *,
+    threshold: float = DocIndexSettings.near_duplicate_jaccard,
+    buckets: int = 16,
+    scheme: MinHashScheme = SCHEME,
+    full_recompute: bool = False,
+    client=None,
+) -> CorpusUpdate:
     """Bring the document index to ``latest`` (shard -> version of its fingerprints).
 
     Reads the fingerprints of new or changed shards, plus, for near-duplicate
@@ -141,8 +199,7 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = {"threshold": threshold, "buckets": buckets, "scheme": scheme.id}
-    full_recompute = full_recompute or bool(
-        state.version and {k: state.settings.get(k) for k in settings} != settings)
+    full_recompute = full_recompute or bool(state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, {"shards": len(state.registry)})
@@ -187,13 +244,15 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
                 # keys now held by two documents or more, one of them on a changed shard
                 fresh_ids = pl.Series([state.registry[s]["id"] for s in changes], dtype=pl.UInt32).implode()
                 shared = update.after.filter(
-                    (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any())
+                    (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any()
+                )
             else:
                 over = update_over_limit(state, counter, update, 1)
                 stats[f"{counter}_duplicated_keys"] = over.height
                 if full_recompute:  # ids were renumbered: compare the duplicate sets themselves
-                    affected |= over_set_changes(old_over[counter], old_ids, over, state.shard_keys(),
-                                                 postings_matter=postings_matter)
+                    affected |= over_set_changes(
+                        old_over[counter], old_ids, over, state.shard_keys(), postings_matter=postings_matter
+                    )
                 else:
                     affected |= {id_to_shard[i] for i in flipped_shards(update, 1, postings_matter=postings_matter)}
             del update
@@ -212,11 +271,14 @@ def update_doc_index(store: ShardStore, latest: dict[str, int | None],
         state.registry.pop(s, None)
     # the file lists every shard to (re)publish: affected ones and the newly absorbed
     version = state.commit(set(affected_shards) | set(changes), **settings)
-    stats.update(shards=len(state.registry), near_duplicate_pairs=edges.height,
-                 near_duplicate_docs=_dropped(edges).height, new_pairs=new_edges.height,
-                 shards_read_for_verification=verified_from)
-    return CorpusUpdate(version, sorted(changes), removed, affected_shards, full_recompute,
-                        state.affected_file, stats)
+    stats.update(
+        shards=len(state.registry),
+        near_duplicate_pairs=edges.height,
+        near_duplicate_docs=_dropped(edges).height,
+        new_pairs=new_edges.height,
+        shards_read_for_verification=verified_from,
+    )
+    return CorpusUpdate(version, sorted(changes), removed, affected_shards, full_recompute, state.affected_file, stats)
 
 
 @dataclass(frozen=True)
@@ -225,8 +287,8 @@ class DocDecisions:
 
     version: int
     threshold: float
-    duplicated_urls: pl.Series        # url keys held by more than one document (u64)
-    url_owner: dict[int, str]         # duplicated candidate url key -> smallest shard holding it
+    duplicated_urls: pl.Series  # url keys held by more than one document (u64)
+    url_owner: dict[int, str]  # duplicated candidate url key -> smallest shard holding it
     near_duplicates: dict[str, tuple[str, str, float]]  # doc_id -> (shard, doc_id) it repeats, jaccard
     absorbed: dict[str, int | None]
 
@@ -238,12 +300,14 @@ def load_doc_decisions(store: ShardStore, shard: str, url_keys_of_shard: Iterabl
     owners = state.read("url_candidate.over", {"key": pl.UInt64, "shards": pl.List(pl.UInt32)})
     wanted = pl.Series(list(url_keys_of_shard), dtype=pl.UInt64)
     owners = owners.filter(pl.col("key").is_in(wanted.implode()))
-    url_owner = {k: min(id_to_shard[i] for i in ids)
-                 for k, ids in zip(owners["key"].to_list(), owners["shards"].to_list())}
+    url_owner = {
+        k: min(id_to_shard[i] for i in ids) for k, ids in zip(owners["key"].to_list(), owners["shards"].to_list())
+    }
     edges = state.read("edges", EDGES_SCHEMA).filter(pl.col("b_shard") == shard)
     near: dict[str, tuple[str, str, float]] = {}
     for row in edges.sort("a_shard", "a_doc").iter_rows(named=True):
         near.setdefault(row["b_doc"], (row["a_shard"], row["a_doc"], round(float(row["jaccard"]), 4)))
     threshold = state.settings.get("threshold", DocIndexSettings.near_duplicate_jaccard)
-    return DocDecisions(state.version, threshold, dup, url_owner, near,
-                        {s: e["storage_id"] for s, e in state.registry.items()})
+    return DocDecisions(
+        state.version, threshold, dup, url_owner, near, {s: e["storage_id"] for s, e in state.registry.items()}
+    )

@@ -17,8 +17,17 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards,
-                                            over_set_changes, plan, update_key_index, update_over_limit)
+from mmc4_assets.dedup.corpus_state import (
+    POSTINGS,
+    BucketSpill,
+    CorpusState,
+    CorpusUpdate,
+    flipped_shards,
+    over_set_changes,
+    plan,
+    update_key_index,
+    update_over_limit,
+)
 from mmc4_assets.dedup.keys import phash_keys
 from mmc4_assets.engine import map_ordered
 from mmc4_assets.mmc4_params import ExactCountSettings
@@ -31,17 +40,21 @@ CONTRIBUTION_SCHEMA = {"key": pl.UInt64, "n": pl.UInt32}
 
 def image_hash_contribution(fetched: pl.DataFrame) -> pl.DataFrame:
     """(key = pHash as u64, n = documents of the shard holding it) over fetched images."""
-    return (fetched.lazy()
-            .filter((pl.col("status") == "ok") & pl.col("phash").is_not_null())
-            .select("doc_id", key=phash_keys(pl.col("phash")))
-            .unique()
-            .group_by("key").agg(n=pl.len().cast(pl.UInt32))
-            .sort("key")
-            .collect())
+    return (
+        fetched.lazy()
+        .filter((pl.col("status") == "ok") & pl.col("phash").is_not_null())
+        .select("doc_id", key=phash_keys(pl.col("phash")))
+        .unique()
+        .group_by("key")
+        .agg(n=pl.len().cast(pl.UInt32))
+        .sort("key")
+        .collect()
+    )
 
 
-def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str], pl.DataFrame],
-                 spill: BucketSpill, client=None) -> BucketSpill:
+def _spill_added(
+    state: CorpusState, shards: Iterable[str], read: Callable[[str], pl.DataFrame], spill: BucketSpill, client=None
+) -> BucketSpill:
     """Every new shard's rows, routed to their buckets on local disk (memory: one flush).
 
     With an engine client the shards are read on the cluster, a few in flight at a time.
@@ -53,10 +66,16 @@ def _spill_added(state: CorpusState, shards: Iterable[str], read: Callable[[str]
     return spill
 
 
-def update_image_counts(store: ShardStore, latest: dict[str, int | None],
-                        read_contribution: Callable[[str], pl.DataFrame], *,
-                        limit: int = ExactCountSettings.max_docs_per_image,
-                        buckets: int = 16, full_recompute: bool = False, client=None) -> CorpusUpdate:
+def update_image_counts(
+    store: ShardStore,
+    latest: dict[str, int | None],
+    read_contribution: Callable[[str], pl.DataFrame],
+    *,
+    limit: int = ExactCountSettings.max_docs_per_image,
+    buckets: int = 16,
+    full_recompute: bool = False,
+    client=None,
+) -> CorpusUpdate:
     """Bring the corpus counts to ``latest`` (shard -> version of its contribution).
 
     Only shards that are new or whose version differs from the absorbed one are read;
@@ -65,8 +84,7 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
     """
     state = CorpusState.load(store, NAME)
     settings = {"limit": limit, "buckets": buckets}
-    full_recompute = full_recompute or bool(
-        state.version and {k: state.settings.get(k) for k in settings} != settings)
+    full_recompute = full_recompute or bool(state.version and {k: state.settings.get(k) for k in settings} != settings)
     changes, removed = plan(state, latest, full_recompute)
     if not changes and not removed:
         return CorpusUpdate(state.version, [], [], [], False, None, {"shards": len(state.registry)})
@@ -92,10 +110,21 @@ def update_image_counts(store: ShardStore, latest: dict[str, int | None],
         state.registry.pop(s, None)
     # the file lists every shard to (re)publish: affected ones and the newly absorbed
     version = state.commit(set(affected) | set(changes), **settings)
-    return CorpusUpdate(version, sorted(changes), removed, affected, full_recompute, state.affected_file, {
-        "shards": len(state.registry), "index_rows": update.rows,
-        "buckets_rewritten": update.buckets_rewritten, "images_over_limit": over.height,
-        "rows_added": added.rows})
+    return CorpusUpdate(
+        version,
+        sorted(changes),
+        removed,
+        affected,
+        full_recompute,
+        state.affected_file,
+        {
+            "shards": len(state.registry),
+            "index_rows": update.rows,
+            "buckets_rewritten": update.buckets_rewritten,
+            "images_over_limit": over.height,
+            "rows_added": added.rows,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -105,7 +134,7 @@ class ImageCounts:
     version: int
     limit: int
     over_limit: frozenset[int]
-    absorbed: dict[str, int | None]   # shard -> storage id of the absorbed contribution
+    absorbed: dict[str, int | None]  # shard -> storage id of the absorbed contribution
 
     def is_frequent(self, phash: str) -> bool:
         return int(phash, 16) in self.over_limit
@@ -115,5 +144,6 @@ def load_image_counts(store: ShardStore) -> ImageCounts:
     state = CorpusState.load(store, NAME)
     over = state.read(f"{COUNTER}.over", {"key": pl.UInt64})
     limit = state.settings.get("limit", ExactCountSettings.max_docs_per_image)
-    return ImageCounts(state.version, limit, frozenset(over["key"].to_list()),
-                       {s: e["storage_id"] for s, e in state.registry.items()})
+    return ImageCounts(
+        state.version, limit, frozenset(over["key"].to_list()), {s: e["storage_id"] for s, e in state.registry.items()}
+    )

@@ -37,8 +37,10 @@ def write_pointer(store: ShardStore, rule: str, version: int) -> int:
     generation = old.get("generation", 0)
     if (old.get("rule"), old.get("version")) != (rule, version):
         generation += 1
-        store.write_bytes(store.path("corpus", POINTER), json.dumps(
-            {"rule": rule, "version": version, "generation": generation}, sort_keys=True).encode())
+        store.write_bytes(
+            store.path("corpus", POINTER),
+            json.dumps({"rule": rule, "version": version, "generation": generation}, sort_keys=True).encode(),
+        )
     return generation
 
 
@@ -48,14 +50,17 @@ class ImageRule:
 
     rule: str
     generation: int
-    absorbed: dict[str, int | None]            # shard -> storage id of its absorbed image_hash_counts
+    absorbed: dict[str, int | None]  # shard -> storage id of its absorbed image_hash_counts
     frequent: Callable[[Iterable[str]], frozenset[str]]
     settings: dict = field(default_factory=dict)
 
     def metadata(self) -> dict:
         keep = ("sample_size", "max_near_duplicates", "max_distance", "seed", "blocklist_id", "limit")
-        return {"image_rule": self.rule, "image_rule_generation": self.generation,
-                **{k: v for k, v in self.settings.items() if k in keep}}
+        return {
+            "image_rule": self.rule,
+            "image_rule_generation": self.generation,
+            **{k: v for k, v in self.settings.items() if k in keep},
+        }
 
 
 def load_image_rule(store: ShardStore) -> ImageRule | None:
@@ -65,9 +70,14 @@ def load_image_rule(store: ShardStore) -> ImageRule | None:
         return None
     if pointer["rule"] == bl.RULE:
         blocklist, absorbed, settings = bl.load_blocklist(store)
-        return ImageRule(bl.RULE, pointer["generation"], absorbed, blocklist.matches,
-                         {**settings, "blocklist_size": blocklist.size})
+        return ImageRule(
+            bl.RULE, pointer["generation"], absorbed, blocklist.matches, {**settings, "blocklist_size": blocklist.size}
+        )
     counts = ic.load_image_counts(store)
-    return ImageRule(bl.EXACT_RULE, pointer["generation"], counts.absorbed,
-                     lambda phashes: frozenset(p for p in phashes if counts.is_frequent(p)),
-                     {"limit": counts.limit})
+    return ImageRule(
+        bl.EXACT_RULE,
+        pointer["generation"],
+        counts.absorbed,
+        lambda phashes: frozenset(p for p in phashes if counts.is_frequent(p)),
+        {"limit": counts.limit},
+    )

@@ -9,6 +9,7 @@ could_have_url_duplicate flag.
 from __future__ import annotations
 
 import hashlib
+
 import polars as pl
 
 

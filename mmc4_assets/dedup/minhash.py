@@ -50,7 +50,7 @@ class MinHashScheme:
 
     def candidate_probability(self, jaccard: float) -> float:
         """Chance that two documents of this Jaccard similarity share at least one band."""
-        return 1.0 - (1.0 - jaccard ** self.rows) ** self.bands
+        return 1.0 - (1.0 - jaccard**self.rows) ** self.bands
 
 
 def word_hash(word: str) -> int:
@@ -79,15 +79,14 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
     distinct = words.unique()
     codes = pl.Series([word_hash(w) for w in distinct.to_list()], dtype=pl.UInt64)
     hashes = words.replace_strict(distinct, codes, return_dtype=pl.UInt64).to_numpy()
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(texts) \
-        else np.zeros(0, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(texts) else np.zeros(0, np.int64)
     # window hash at every position: h_i * G^(n-1) + ... + h_{i+n-1}, wrapping in 64 bits
     padded = np.concatenate([hashes, np.zeros(ngram, dtype=np.uint64)])
     total = len(hashes)
     window = np.zeros(total, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(ngram):
-            window = window * _GOLDEN + padded[j:j + total]
+            window = window * _GOLDEN + padded[j : j + total]
     ends = np.repeat(starts + lengths, lengths)
     doc_of = np.repeat(np.arange(len(texts)), lengths)
     full = np.arange(total) + ngram <= ends
@@ -99,7 +98,7 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
         with np.errstate(over="ignore"):
             for k, d in enumerate(short):
                 h = np.uint64(0)
-                for v in hashes[starts[d]:starts[d] + lengths[d]]:
+                for v in hashes[starts[d] : starts[d] + lengths[d]]:
                     h = h * _GOLDEN + v
                 extra[k] = h
         shingles = np.concatenate([shingles, _mix(extra)])
@@ -127,9 +126,9 @@ def signatures(texts: Sequence[str], scheme: MinHashScheme, chunk: int = 1 << 16
     buf = np.empty((scheme.num_perm, min(chunk, len(shingles))), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for lo in range(0, len(shingles), chunk):
-            x = shingles[lo:lo + chunk]
-            docs = doc_of[lo:lo + chunk]
-            perm = buf[:, :len(x)]
+            x = shingles[lo : lo + chunk]
+            docs = doc_of[lo : lo + chunk]
+            perm = buf[:, : len(x)]
             np.multiply(a[:, None], x[None, :], out=perm)
             np.add(perm, b[:, None], out=perm)
             # chunk boundaries may split a document: reduce per (chunk, doc), then merge

@@ -14,15 +14,18 @@ from mmc4_assets.mmc4_params import DedupSettings
 from mmc4_assets.stats import StepStats
 
 DEDUPED_SCHEMA = {
-    "doc_id": pl.String, "url": pl.String, "text_list": pl.List(pl.String),
-    "image_info": pl.List(ASSIGNED_IMAGE), "similarity_matrix": pl.List(pl.List(pl.Float32)),
+    "doc_id": pl.String,
+    "url": pl.String,
+    "text_list": pl.List(pl.String),
+    "image_info": pl.List(ASSIGNED_IMAGE),
+    "similarity_matrix": pl.List(pl.List(pl.Float32)),
     "could_have_url_duplicate": pl.Int8,
-    "assignment": pl.String, "min_similarity": pl.Float64,   # as assignments: how images were placed
+    "assignment": pl.String,
+    "min_similarity": pl.Float64,  # as assignments: how images were placed
 }
 
 
-def dedup_document(row: dict, url_flags: dict[str, int], threshold: int,
-                   image_stats: StepStats) -> dict | None:
+def dedup_document(row: dict, url_flags: dict[str, int], threshold: int, image_stats: StepStats) -> dict | None:
     """Drop later in-document near-duplicates; None when no image is left.
 
     A document that loses a copy is assigned again over the images it keeps, with its own
@@ -37,19 +40,31 @@ def dedup_document(row: dict, url_flags: dict[str, int], threshold: int,
     if not keep:
         return None
     doc = keep_and_reassign(row, keep)
-    return {"doc_id": row["doc_id"], "url": row["url"], "text_list": row["text_list"],
-            "image_info": doc["image_info"], "similarity_matrix": doc["similarity_matrix"],
-            "could_have_url_duplicate": url_flags.get(row["url"], 0),
-            "assignment": row.get("assignment"), "min_similarity": row.get("min_similarity")}
+    return {
+        "doc_id": row["doc_id"],
+        "url": row["url"],
+        "text_list": row["text_list"],
+        "image_info": doc["image_info"],
+        "similarity_matrix": doc["similarity_matrix"],
+        "could_have_url_duplicate": url_flags.get(row["url"], 0),
+        "assignment": row.get("assignment"),
+        "min_similarity": row.get("min_similarity"),
+    }
 
 
 @dataclass
 class DedupTotals:
-    docs_reassigned: int = 0   # documents that lost a copy and were assigned again over the rest
+    docs_reassigned: int = 0  # documents that lost a copy and were assigned again over the rest
 
 
-def dedup_documents(batches: Iterable[pl.DataFrame], url_flags: dict[str, int], settings: DedupSettings,
-                    docs: StepStats, images: StepStats, totals: DedupTotals) -> Iterator[dict]:
+def dedup_documents(
+    batches: Iterable[pl.DataFrame],
+    url_flags: dict[str, int],
+    settings: DedupSettings,
+    docs: StepStats,
+    images: StepStats,
+    totals: DedupTotals,
+) -> Iterator[dict]:
     """The deduped_docs step over assignments batches: surviving documents out, every drop counted."""
     for batch in batches:
         for row in batch.iter_rows(named=True):

@@ -23,8 +23,9 @@ SIGNALS_GROUP = "shard_signals"
 CORPUS_GROUP = "corpus"
 
 
-def shard_check(*, asset: Any, blocking: bool, partitions_def: dg.PartitionsDefinition | None = None,
-                **kwargs: Any) -> Callable[[Callable], dg.AssetChecksDefinition]:
+def shard_check(
+    *, asset: Any, blocking: bool, partitions_def: dg.PartitionsDefinition | None = None, **kwargs: Any
+) -> Callable[[Callable], dg.AssetChecksDefinition]:
     """``@dg.asset_check`` for a partitioned asset (shards by default; archives for page_records):
     the check is partitioned like its asset, so each result is recorded against its partition
     (the UI's check history and partition view show it), and every result carries the partition
@@ -47,8 +48,9 @@ def shard_check(*, asset: Any, blocking: bool, partitions_def: dg.PartitionsDefi
                 result = result.with_metadata({**result.metadata, "partition": context.partition_key})
             return result
 
-        return dg.asset_check(asset=asset, blocking=blocking, partitions_def=partitions_def or shards,
-                              **kwargs)(with_partition)
+        return dg.asset_check(asset=asset, blocking=blocking, partitions_def=partitions_def or shards, **kwargs)(
+            with_partition
+        )
 
     return decorate
 
@@ -100,8 +102,11 @@ def check_result(outcome: Outcome, suite: Any = None, **extra: Any) -> dg.AssetC
             metadata["data_docs"] = dg.MetadataValue.url(f"file://{suite.docs_url}")
     passed = outcome.passed and (suite is None or suite.success)
     if failing:
-        metadata["failing"] = ", ".join(failing)   # the rule names, for filtering across partitions
+        metadata["failing"] = ", ".join(failing)  # the rule names, for filtering across partitions
     # in words: what is wrong and how many rows (quality.messages, shared by every check)
     return dg.AssetCheckResult(
-        passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-        description=outcome.describe([r.message() for r in suite.failed] if suite is not None else []))
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=outcome.describe([r.message() for r in suite.failed] if suite is not None else []),
+    )

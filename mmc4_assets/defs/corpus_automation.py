@@ -39,25 +39,40 @@ from mmc4_assets.defs.partitions import shards
 from mmc4_assets.defs.published_shards import published_shards
 from mmc4_assets.defs.resources import StorageResource
 
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED]
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 mmc4_publish_job = dg.define_asset_job(
-    "mmc4_publish_job", selection=dg.AssetSelection.assets(published_shards), partitions_def=shards,
-    description="Publish (or re-publish) shards from the current corpus state; the publish sensor's target.")
+    "mmc4_publish_job",
+    selection=dg.AssetSelection.assets(published_shards),
+    partitions_def=shards,
+    description="Publish (or re-publish) shards from the current corpus state; the publish sensor's target.",
+)
 
 corpus_update_job = dg.define_asset_job(
-    "corpus_update_job", selection=dg.AssetSelection.assets(corpus_image_counts, corpus_doc_index),
+    "corpus_update_job",
+    selection=dg.AssetSelection.assets(corpus_image_counts, corpus_doc_index),
     description="Absorb every shard finished since the last update into the corpus state, in one batch.",
     # one update at a time: dagster.yaml limits runs with this tag to 1
-    tags={"mmc4/corpus": "update"})
+    tags={"mmc4/corpus": "update"},
+)
 
 corpus_recompute_job = dg.define_asset_job(
-    "corpus_recompute_job", selection=dg.AssetSelection.assets(corpus_image_counts, corpus_doc_index),
+    "corpus_recompute_job",
+    selection=dg.AssetSelection.assets(corpus_image_counts, corpus_doc_index),
     description="Rebuild the corpus state from every shard, reading shards on the Dask engine.",
     tags={"mmc4/corpus": "update"},
-    config={"ops": {a: {"config": {"full_recompute": True, "engine": {"min_shards": 0}}}
-                    for a in ("corpus_image_counts", "corpus_doc_index")}})
+    config={
+        "ops": {
+            a: {"config": {"full_recompute": True, "engine": {"min_shards": 0}}}
+            for a in ("corpus_image_counts", "corpus_doc_index")
+        }
+    },
+)
 
 
 def image_state_name(store) -> str:
@@ -82,11 +97,15 @@ def corpus_update_due(waiting: int, waited_s: float, min_batch: int, max_wait_s:
 
 def _update_sensor(min_batch: int, max_wait_s: float, interval_s: int) -> dg.SensorDefinition:
     # RUNNING by default: it only acts on shards whose runs finished, and without it nothing publishes
-    @dg.sensor(name="corpus_update_sensor", job=corpus_update_job, minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Every {interval_s} s: starts one corpus_update_job for every shard finished since the "
-                           f"last update, once {min_batch} shards wait (MMC4_CORPUS_MIN_BATCH) or the oldest has "
-                           f"waited {max_wait_s:.0f} s (MMC4_CORPUS_MAX_WAIT_S); never two at once. On by default.")
+    @dg.sensor(
+        name="corpus_update_sensor",
+        job=corpus_update_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Every {interval_s} s: starts one corpus_update_job for every shard finished since the "
+        f"last update, once {min_batch} shards wait (MMC4_CORPUS_MIN_BATCH) or the oldest has "
+        f"waited {max_wait_s:.0f} s (MMC4_CORPUS_MAX_WAIT_S); never two at once. On by default.",
+    )
     def corpus_update_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
         """Starts a corpus update when enough shards wait for one, or the oldest has waited long enough."""
         if context.instance.get_runs_count(dg.RunsFilter(job_name=corpus_update_job.name, statuses=IN_FLIGHT)):
@@ -100,35 +119,42 @@ def _update_sensor(min_batch: int, max_wait_s: float, interval_s: int) -> dg.Sen
         if not corpus_update_due(len(waiting), waited, min_batch, max_wait_s):
             return dg.SensorResult(
                 skip_reason=f"{len(waiting)} shard(s) waiting for {waited:.0f}s; an update starts at "
-                            f"{min_batch} shards or after {max_wait_s:.0f}s",
-                cursor=json.dumps({"waiting_since": since}))
+                f"{min_batch} shards or after {max_wait_s:.0f}s",
+                cursor=json.dumps({"waiting_since": since}),
+            )
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(tags={"mmc4/batch_shards": str(len(waiting))})],
-            cursor=json.dumps({}))
+            run_requests=[dg.RunRequest(tags={"mmc4/batch_shards": str(len(waiting))})], cursor=json.dumps({})
+        )
 
     return corpus_update_sensor
 
 
 def _current(store) -> dict[str, int]:
     """What a publication made now would record: the image rule's generation, the doc index version."""
-    return {"corpus_image_counts_version": read_pointer(store).get("generation", 0),
-            "corpus_doc_index_version": CorpusState.load(store, DOC_INDEX).version}
+    return {
+        "corpus_image_counts_version": read_pointer(store).get("generation", 0),
+        "corpus_doc_index_version": CorpusState.load(store, DOC_INDEX).version,
+    }
 
 
 def shards_to_publish(instance: dg.DagsterInstance, store, listed: dict[str, dict[str, int]]) -> list[str]:
     """Listed shards absorbed by both corpus states and never published, or published from a
     state older than the one that listed them (``listed``: shard -> published metadata key ->
     the version that listed it)."""
-    absorbed = {asset: CorpusState.load(store, name).registry for asset, name in (
-        ("image_hash_counts", image_state_name(store)), ("doc_fingerprints", DOC_INDEX))}
+    absorbed = {
+        asset: CorpusState.load(store, name).registry
+        for asset, name in (("image_hash_counts", image_state_name(store)), ("doc_fingerprints", DOC_INDEX))
+    }
     latest = {asset: latest_versions(instance, asset) for asset in absorbed}
     out = []
     for shard, versions in listed.items():
-        if any(shard not in latest[a] or absorbed[a].get(shard, {}).get("storage_id") != latest[a][shard]
-               for a in absorbed):
+        if any(
+            shard not in latest[a] or absorbed[a].get(shard, {}).get("storage_id") != latest[a][shard] for a in absorbed
+        ):
             continue  # a later update absorbs it and lists it again
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=published_shards.key, asset_partitions=[shard]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=published_shards.key, asset_partitions=[shard]), limit=1
+        ).records
         md = records[0].asset_materialization.metadata if records else {}
         if any((md[k].value if k in md else -1) < v for k, v in versions.items()):
             out.append(shard)
@@ -136,18 +162,21 @@ def shards_to_publish(instance: dg.DagsterInstance, store, listed: dict[str, dic
 
 
 # corpus asset -> (its metadata key of the version publications record, published_shards' key for it)
-VERSION_KEYS = {"corpus_image_counts": ("generation", "corpus_image_counts_version"),
-                "corpus_doc_index": ("version", "corpus_doc_index_version")}
+VERSION_KEYS = {
+    "corpus_image_counts": ("generation", "corpus_image_counts_version"),
+    "corpus_doc_index": ("version", "corpus_doc_index_version"),
+}
 
 
-def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict,
-                 log=None) -> dict[str, dict[str, int]]:
+def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict, log=None) -> dict[str, dict[str, int]]:
     """Shards the finished corpus updates after ``cursor`` list for publication (advances ``cursor``)."""
     listed: dict[str, dict[str, int]] = {}
     for asset, (version_key, published_key) in VERSION_KEYS.items():
         records = context_instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=cursor.get(asset)),
-            limit=50, ascending=True).records
+            limit=50,
+            ascending=True,
+        ).records
         for record in records:
             run = context_instance.get_run_by_id(record.run_id)
             if run is not None and not run.is_finished:
@@ -158,8 +187,10 @@ def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict,
                 shards_listed = read_affected(store, folder, md["affected_file"].value)
                 if shards_listed is None:  # pruned: a sensor this far behind publishes what it can see
                     if log:
-                        log.warning(f"{asset} v{md['version'].value}: affected list pruned; "
-                                    "run mmc4_publish_job for all shards to be sure")
+                        log.warning(
+                            f"{asset} v{md['version'].value}: affected list pruned; "
+                            "run mmc4_publish_job for all shards to be sure"
+                        )
                     shards_listed = []
                 for shard in shards_listed:
                     versions = listed.setdefault(shard, {})
@@ -170,23 +201,31 @@ def listed_since(context_instance: dg.DagsterInstance, store, cursor: dict,
 
 def _publish_sensor(interval_s: int) -> dg.SensorDefinition:
     # RUNNING by default: publishing follows the corpus update that includes the shard
-    @dg.sensor(name="corpus_publish_sensor", job=mmc4_publish_job, minimum_interval_seconds=interval_s,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"Every {interval_s} s: after each corpus update, publishes the shards it absorbed and "
-                           "republishes those whose corpus decisions it changed (mmc4_publish_job). On by default.")
+    @dg.sensor(
+        name="corpus_publish_sensor",
+        job=mmc4_publish_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Every {interval_s} s: after each corpus update, publishes the shards it absorbed and "
+        "republishes those whose corpus decisions it changed (mmc4_publish_job). On by default.",
+    )
     def corpus_publish_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
         """Publishes the shards a finished corpus update absorbed, and republishes those whose decisions it changed."""
         store = storage.store()
         cursor = json.loads(context.cursor) if context.cursor else {}
         todo = shards_to_publish(context.instance, store, listed_since(context.instance, store, cursor, context.log))
         if not todo:
-            return dg.SensorResult(skip_reason="every absorbed shard is published from the current corpus state",
-                                   cursor=json.dumps(cursor))
+            return dg.SensorResult(
+                skip_reason="every absorbed shard is published from the current corpus state", cursor=json.dumps(cursor)
+            )
         state = ".".join(str(v) for v in _current(store).values())
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=s, run_key=f"publish:{s}:{state}",
-                                        tags={"mmc4/publish": "corpus"}) for s in todo],
-            cursor=json.dumps(cursor))
+            run_requests=[
+                dg.RunRequest(partition_key=s, run_key=f"publish:{s}:{state}", tags={"mmc4/publish": "corpus"})
+                for s in todo
+            ],
+            cursor=json.dumps(cursor),
+        )
 
     return corpus_publish_sensor
 
@@ -197,5 +236,7 @@ def corpus_automation() -> dg.Definitions:
     min_batch = int(os.environ.get("MMC4_CORPUS_MIN_BATCH", "100"))
     max_wait = float(os.environ.get("MMC4_CORPUS_MAX_WAIT_S", "600"))
     interval = int(os.environ.get("MMC4_CORPUS_SENSOR_INTERVAL_S", "60"))
-    return dg.Definitions(jobs=[mmc4_publish_job, corpus_update_job, corpus_recompute_job],
-                          sensors=[_update_sensor(min_batch, max_wait, interval), _publish_sensor(interval)])
+    return dg.Definitions(
+        jobs=[mmc4_publish_job, corpus_update_job, corpus_recompute_job],
+        sensors=[_update_sensor(min_batch, max_wait, interval), _publish_sensor(interval)],
+    )

@@ -29,7 +29,8 @@ def latest_versions(instance: dg.DagsterInstance, asset: str) -> dict[str, int]:
 
 def latest_version(instance: dg.DagsterInstance, asset: str, shard: str) -> int | None:
     return instance.get_latest_storage_id_by_partition(
-        dg.AssetKey(asset), dg.DagsterEventType.ASSET_MATERIALIZATION, partitions={shard}).get(shard)
+        dg.AssetKey(asset), dg.DagsterEventType.ASSET_MATERIALIZATION, partitions={shard}
+    ).get(shard)
 
 
 def update_metadata(update, seconds: float) -> dict:
@@ -65,15 +66,16 @@ class EngineConfig(dg.Config):
     """Where an update's per-shard reading runs: Dask (see mmc4_assets.engine)."""
 
     scheduler_address: str = ""  # tcp://host:8786 of a running scheduler; empty: an in-process LocalCluster
-    n_workers: int = 2           # LocalCluster only
-    memory_limit: str = "2GiB"   # LocalCluster only, per worker
+    n_workers: int = 2  # LocalCluster only
+    memory_limit: str = "2GiB"  # LocalCluster only, per worker
     # use the engine when an update reads at least this many shards (full recomputes, big
     # catch-ups); smaller batches read here, without a cluster's start-up time
     min_shards: int = 500
 
     def settings(self) -> EngineSettings:
-        return EngineSettings(scheduler_address=self.scheduler_address or None, n_workers=self.n_workers,
-                              memory_limit=self.memory_limit)
+        return EngineSettings(
+            scheduler_address=self.scheduler_address or None, n_workers=self.n_workers, memory_limit=self.memory_limit
+        )
 
 
 @contextlib.contextmanager
@@ -95,8 +97,16 @@ def shards_to_read(store, name: str, latest: dict[str, int], full_recompute: boo
     return len(plan(CorpusState.load(store, name), latest, False)[0])
 
 
-def run_corpus_update(context: dg.AssetExecutionContext, store, *, state: str, contributions: str, config: Any,
-                      label: str, update: Callable[[dict[str, int], Any], CorpusUpdate]) -> tuple[CorpusUpdate, dict]:
+def run_corpus_update(
+    context: dg.AssetExecutionContext,
+    store,
+    *,
+    state: str,
+    contributions: str,
+    config: Any,
+    label: str,
+    update: Callable[[dict[str, int], Any], CorpusUpdate],
+) -> tuple[CorpusUpdate, dict]:
     """One corpus asset's update: the latest ``contributions`` of every shard, absorbed into the
     corpus state ``state`` by ``update(latest, dask_client_or_None)`` (retried on a lost race).
 
@@ -106,6 +116,8 @@ def run_corpus_update(context: dg.AssetExecutionContext, store, *, state: str, c
     latest = latest_versions(context.instance, contributions)
     with engine_for(config.engine, shards_to_read(store, state, latest, config.full_recompute), context) as client:
         result = with_retries(context, lambda: update(latest, client))
-    context.log.info(f"{label} v{result.version}: read {len(result.absorbed)} shard(s), "
-                     f"{len(result.affected_shards)} published shard(s) affected")
+    context.log.info(
+        f"{label} v{result.version}: read {len(result.absorbed)} shard(s), "
+        f"{len(result.affected_shards)} published shard(s) affected"
+    )
     return result, update_metadata(result, time.perf_counter() - started)

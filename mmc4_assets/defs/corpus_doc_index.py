@@ -18,22 +18,43 @@ class CorpusDocIndexConfig(dg.Config):
     engine: EngineConfig = EngineConfig()
 
 
-@dg.asset(group_name=CORPUS_GROUP, code_version="1", kinds={"polars", "parquet", "dask"}, tags={"mmc4/stage": "corpus"},
-          pool="mmc4_corpus",
-          deps=[dg.AssetDep(doc_fingerprints, partition_mapping=dg.AllPartitionMapping())])
-def corpus_doc_index(context: dg.AssetExecutionContext, config: CorpusDocIndexConfig,
-                     storage: StorageResource) -> dg.MaterializeResult:
-    """Across all shards: URLs held by several documents, LSH bands of document texts, and verified near-duplicate pairs."""
+@dg.asset(
+    group_name=CORPUS_GROUP,
+    code_version="1",
+    kinds={"polars", "parquet", "dask"},
+    tags={"mmc4/stage": "corpus"},
+    pool="mmc4_corpus",
+    deps=[dg.AssetDep(doc_fingerprints, partition_mapping=dg.AllPartitionMapping())],
+)
+def corpus_doc_index(
+    context: dg.AssetExecutionContext, config: CorpusDocIndexConfig, storage: StorageResource
+) -> dg.MaterializeResult:
+    """Across all shards: URLs held by several documents, LSH bands of document texts, and verified
+    near-duplicate pairs."""
     store = storage.store()
     update, metadata = run_corpus_update(
-        context, store, state=NAME, contributions="doc_fingerprints", config=config, label="corpus doc index",
+        context,
+        store,
+        state=NAME,
+        contributions="doc_fingerprints",
+        config=config,
+        label="corpus doc index",
         update=lambda latest, client: update_doc_index(
-            store, latest, TableReader(store, "doc_fingerprints"), threshold=config.near_duplicate_jaccard,
-            buckets=config.buckets, full_recompute=config.full_recompute, client=client))
-    return dg.MaterializeResult(metadata={
-        **metadata,
-        "near_duplicate_jaccard": config.near_duplicate_jaccard,
-        "scheme": SCHEME.id,
-        "config_hash": config_hash(config),
-        "path": dg.MetadataValue.path(store.uri("corpus", "doc_index")),
-    })
+            store,
+            latest,
+            TableReader(store, "doc_fingerprints"),
+            threshold=config.near_duplicate_jaccard,
+            buckets=config.buckets,
+            full_recompute=config.full_recompute,
+            client=client,
+        ),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "near_duplicate_jaccard": config.near_duplicate_jaccard,
+            "scheme": SCHEME.id,
+            "config_hash": config_hash(config),
+            "path": dg.MetadataValue.path(store.uri("corpus", "doc_index")),
+        }
+    )

@@ -24,10 +24,18 @@ class DedupConfig(dg.Config):
         return settings_of(self, DedupSettings)
 
 
-@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=GROUP, code_version="1", kinds={"parquet"},
-          deps=[assignments, raw_c4], tags={"mmc4/stage": "dedup"})
-def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
-                 storage: StorageResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=shards,
+    backfill_policy=SHARD_BACKFILL,
+    group_name=GROUP,
+    code_version="1",
+    kinds={"parquet"},
+    deps=[assignments, raw_c4],
+    tags={"mmc4/stage": "dedup"},
+)
+def deduped_docs(
+    context: dg.AssetExecutionContext, config: DedupConfig, storage: StorageResource
+) -> dg.MaterializeResult:
     """Documents with in-document perceptual duplicates removed and could_have_url_duplicate set."""
     shard, store, settings = context.partition_key, storage.store(), config.settings()
     docs, images, totals = StepStats(), StepStats(), DedupTotals()
@@ -40,24 +48,35 @@ def deduped_docs(context: dg.AssetExecutionContext, config: DedupConfig,
     with store.table_writer("deduped_docs", shard, DEDUPED_SCHEMA, settings.as_dict()) as out, docs.timer("dedup"):
         for row in dedup_documents(batches, url_flags, settings, docs, images, totals):
             out.append(row)
-    return dg.MaterializeResult(metadata={
-        "num_docs": docs.kept,
-        "num_images": images.kept,
-        "images_per_doc": round(images.kept / docs.kept, 3) if docs.kept else 0.0,
-        "urls_with_duplicates": sum(url_flags.values()),
-        "docs_reassigned": totals.docs_reassigned,
-        **stats_metadata(docs, "docs", "documents"),
-        **stats_metadata(images, "images", "images"),
-        **settings.as_dict(),
-        "config_hash": config_hash(config),
-        "path": dg.MetadataValue.path(str(store.table_path("deduped_docs", shard))),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "num_docs": docs.kept,
+            "num_images": images.kept,
+            "images_per_doc": round(images.kept / docs.kept, 3) if docs.kept else 0.0,
+            "urls_with_duplicates": sum(url_flags.values()),
+            "docs_reassigned": totals.docs_reassigned,
+            **stats_metadata(docs, "docs", "documents"),
+            **stats_metadata(images, "images", "images"),
+            **settings.as_dict(),
+            "config_hash": config_hash(config),
+            "path": dg.MetadataValue.path(str(store.table_path("deduped_docs", shard))),
+        }
+    )
 
 
 @shard_check(asset=deduped_docs, blocking=True)
-def deduped_docs_have_unique_images(context: dg.AssetCheckExecutionContext, storage: StorageResource,
-                                    quality: DataQuality) -> dg.AssetCheckResult:
+def deduped_docs_have_unique_images(
+    context: dg.AssetCheckExecutionContext, storage: StorageResource, quality: DataQuality
+) -> dg.AssetCheckResult:
     """No two images of a document within the pHash threshold; no document without images."""
-    return run_param_check(quality, storage, "deduped_docs", context.partition_key, "phash_threshold",
-                           DedupSettings.phash_threshold, deduped_docs_rules, suites.deduped_docs_frame,
-                           suites.deduped_docs_expectations)
+    return run_param_check(
+        quality,
+        storage,
+        "deduped_docs",
+        context.partition_key,
+        "phash_threshold",
+        DedupSettings.phash_threshold,
+        deduped_docs_rules,
+        suites.deduped_docs_frame,
+        suites.deduped_docs_expectations,
+    )

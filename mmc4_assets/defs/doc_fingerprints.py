@@ -13,11 +13,20 @@ class DocFingerprintsConfig(dg.Config):
     docs_per_batch: int = 2000
 
 
-@dg.asset(partitions_def=shards, backfill_policy=SHARD_BACKFILL, group_name=CORPUS_GROUP, code_version="1", kinds={"numpy", "parquet"},
-          deps=[deduped_docs, raw_c4], tags={"mmc4/stage": "corpus"})
-def doc_fingerprints(context: dg.AssetExecutionContext, config: DocFingerprintsConfig,
-                     storage: StorageResource) -> dg.MaterializeResult:
-    """This shard's share of the document index: every document's URL key, and a MinHash of each deduped document's text."""
+@dg.asset(
+    partitions_def=shards,
+    backfill_policy=SHARD_BACKFILL,
+    group_name=CORPUS_GROUP,
+    code_version="1",
+    kinds={"numpy", "parquet"},
+    deps=[deduped_docs, raw_c4],
+    tags={"mmc4/stage": "corpus"},
+)
+def doc_fingerprints(
+    context: dg.AssetExecutionContext, config: DocFingerprintsConfig, storage: StorageResource
+) -> dg.MaterializeResult:
+    """This shard's share of the document index: every document's URL key, and a MinHash of each
+    deduped document's text."""
     shard, store = context.partition_key, storage.store()
     seen: set[str] = set()
     without_words = 0
@@ -30,10 +39,12 @@ def doc_fingerprints(context: dg.AssetExecutionContext, config: DocFingerprintsC
         # every other C4 document still counts for could_have_url_duplicate
         others = store.read_table("raw_c4", shard, ["doc_id", "url"]).filter(~pl.col("doc_id").is_in(list(seen)))
         out.write(other_fingerprints(others))
-    return dg.MaterializeResult(metadata={
-        "num_docs": out.rows,
-        "num_candidates": len(seen),
-        "candidates_without_words": without_words,
-        "scheme": SCHEME.id,
-        "path": dg.MetadataValue.path(str(store.table_path("doc_fingerprints", shard))),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "num_docs": out.rows,
+            "num_candidates": len(seen),
+            "candidates_without_words": without_words,
+            "scheme": SCHEME.id,
+            "path": dg.MetadataValue.path(str(store.table_path("doc_fingerprints", shard))),
+        }
+    )

@@ -13,17 +13,24 @@ from mmc4_assets.stats import StepStats
 PAGES_GROUP = "pages"
 
 
-@dg.asset(partitions_def=archives, backfill_policy=ARCHIVE_BACKFILL, group_name=PAGES_GROUP, code_version="1",
-          kinds={"parquet"}, tags={"mmc4/stage": "pages"})
-def page_records(context: dg.AssetExecutionContext, source: ShardSource,
-                 storage: StorageResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=archives,
+    backfill_policy=ARCHIVE_BACKFILL,
+    group_name=PAGES_GROUP,
+    code_version="1",
+    kinds={"parquet"},
+    tags={"mmc4/stage": "pages"},
+)
+def page_records(
+    context: dg.AssetExecutionContext, source: ShardSource, storage: StorageResource
+) -> dg.MaterializeResult:
     """One row per HTML response or WAT metadata record of one archive: URL, capture time, status, image candidates."""
     key, store = context.partition_key, storage.store()
     path = source.archive_path(key)
     stats = StepStats()
     try:
         stream = source.open(path)
-    except OSError as exc:   # missing, denied, unreachable: this archive's run fails, named
+    except OSError as exc:  # missing, denied, unreachable: this archive's run fails, named
         raise ArchiveReadError(path, f"cannot open: {type(exc).__name__}: {exc}") from exc
     with stats.timer("read"), stream:
         stats, progress, rows = write_page_records(store, key, stream, path, stats)
@@ -38,20 +45,24 @@ def page_records(context: dg.AssetExecutionContext, source: ShardSource,
             stats, progress, rows, recovered = again, retry, again_rows, "non_chunked_gzip_read_whole"
             context.log.warning(f"{path}: not a per-record gzip; read as one gzip stream ({rows} pages)")
     if progress.error:
-        context.log.warning(f"{path}: read stopped at byte {progress.error_offset} after {progress.records} "
-                            f"records ({progress.error}); the {rows} pages before it are kept")
-    return dg.MaterializeResult(metadata={
-        "archive": path,
-        "num_records": progress.records,
-        "num_pages": rows,
-        **stats_metadata(stats, "records", "archive records"),
-        "archive_error": progress.error or "",
-        "archive_error_offset": progress.error_offset if progress.error_offset is not None else -1,
-        "archive_error_detail": progress.error_detail or "",
-        "archive_recovered": recovered,
-        "config_hash": config_hash({"parser": "warcio", "code_version": "1"}),
-        "path": dg.MetadataValue.path(str(store.table_path(PAGE_RECORDS_TABLE, key))),
-    })
+        context.log.warning(
+            f"{path}: read stopped at byte {progress.error_offset} after {progress.records} "
+            f"records ({progress.error}); the {rows} pages before it are kept"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "archive": path,
+            "num_records": progress.records,
+            "num_pages": rows,
+            **stats_metadata(stats, "records", "archive records"),
+            "archive_error": progress.error or "",
+            "archive_error_offset": progress.error_offset if progress.error_offset is not None else -1,
+            "archive_error_detail": progress.error_detail or "",
+            "archive_recovered": recovered,
+            "config_hash": config_hash({"parser": "warcio", "code_version": "1"}),
+            "path": dg.MetadataValue.path(str(store.table_path(PAGE_RECORDS_TABLE, key))),
+        }
+    )
 
 
 def page_records_outcome(table: pl.DataFrame, md: dict) -> tuple[bool, str, dict]:
@@ -64,17 +75,24 @@ def page_records_outcome(table: pl.DataFrame, md: dict) -> tuple[bool, str, dict
         "null_url_key": table["url_key"].null_count(),
         "image_lists_misaligned": table.filter(
             (pl.col("image_urls").list.len() != pl.col("image_alts").list.len())
-            | (pl.col("image_urls").list.len() != pl.col("image_positions").list.len())).height,
+            | (pl.col("image_urls").list.len() != pl.col("image_positions").list.len())
+        ).height,
         "archive_read_stopped": 1 if md.get("archive_error") else 0,
     }
     bad = {k: v for k, v in failures.items() if v}
     if not bad:
-        return True, f"{table.height} page records; every one of {md.get('num_records', 0)} records accounted for", failures
+        return (
+            True,
+            f"{table.height} page records; every one of {md.get('num_records', 0)} records accounted for",
+            failures,
+        )
     words = []
     if bad.pop("archive_read_stopped", 0):
-        words.append(f"{md.get('archive')}: read stopped at byte {md.get('archive_error_offset')} after "
-                     f"{md.get('num_records')} records ({md.get('archive_error')}); {table.height} pages "
-                     "before it are kept and joined")
+        words.append(
+            f"{md.get('archive')}: read stopped at byte {md.get('archive_error_offset')} after "
+            f"{md.get('num_records')} records ({md.get('archive_error')}); {table.height} pages "
+            "before it are kept and joined"
+        )
     words += [f"{k} {v}" for k, v in bad.items()]
     return False, "; ".join(words), failures
 
@@ -83,9 +101,14 @@ def page_records_outcome(table: pl.DataFrame, md: dict) -> tuple[bool, str, dict
 def page_records_complete(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
     """Every record of the archive is a page row or a counted reason, and the archive was read to its end."""
     store = storage.store()
-    table = store.read_table(PAGE_RECORDS_TABLE, context.partition_key,
-                             columns=["url_key", "image_urls", "image_alts", "image_positions"])
-    md = store.read_table_params(PAGE_RECORDS_TABLE, context.partition_key)   # how the read went
+    table = store.read_table(
+        PAGE_RECORDS_TABLE, context.partition_key, columns=["url_key", "image_urls", "image_alts", "image_positions"]
+    )
+    md = store.read_table_params(PAGE_RECORDS_TABLE, context.partition_key)  # how the read went
     passed, description, failures = page_records_outcome(table, md)
-    return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, description=description,
-                               metadata={**failures, "archive": md.get("archive", "")})
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={**failures, "archive": md.get("archive", "")},
+    )

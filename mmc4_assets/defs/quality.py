@@ -35,11 +35,13 @@ class DataQuality(dg.ConfigurableResource):
 
     def thresholds(self, **run_params: Any) -> Thresholds:
         """Configured bounds, with the parameters the asset actually ran with (from its metadata)."""
-        base = Thresholds(max_url_filter_drop_share=self.max_url_filter_drop_share,
-                          min_fetch_success_rate=self.min_fetch_success_rate,
-                          norm_tolerance=self.norm_tolerance,
-                          max_success_rate_drop=self.max_success_rate_drop,
-                          trailing_partitions=self.trailing_partitions)
+        base = Thresholds(
+            max_url_filter_drop_share=self.max_url_filter_drop_share,
+            min_fetch_success_rate=self.min_fetch_success_rate,
+            norm_tolerance=self.norm_tolerance,
+            max_success_rate_drop=self.max_success_rate_drop,
+            trailing_partitions=self.trailing_partitions,
+        )
         known = {f.name for f in dataclasses.fields(Thresholds)}
         return dataclasses.replace(base, **{k: v for k, v in run_params.items() if k in known and v is not None})
 
@@ -62,17 +64,31 @@ def _current_run_id() -> str | None:
         return None
 
 
-def validate_suite(quality: DataQuality, suite: str, partition: str, storage_root: str,
-                   frame_fn: Callable[[], Any], expectations_fn: Callable[[], list]):
+def validate_suite(
+    quality: DataQuality,
+    suite: str,
+    partition: str,
+    storage_root: str,
+    frame_fn: Callable[[], Any],
+    expectations_fn: Callable[[], list],
+):
     """Build the frame and expectations only when GX is on (importing GX costs seconds)."""
     if not quality.gx_enabled:
         return None
     return quality.validate(suite, partition, frame_fn(), expectations_fn(), storage_root)
 
 
-def run_param_check(quality: DataQuality, storage: Any, table: str, shard: str, param: str, default: Any,
-                    rules: Callable[[Any, Any], Any], frame: Callable[[Any], Any],
-                    expectations: Callable[[Thresholds], list]) -> dg.AssetCheckResult:
+def run_param_check(
+    quality: DataQuality,
+    storage: Any,
+    table: str,
+    shard: str,
+    param: str,
+    default: Any,
+    rules: Callable[[Any, Any], Any],
+    frame: Callable[[Any], Any],
+    expectations: Callable[[Thresholds], list],
+) -> dg.AssetCheckResult:
     """The blocking check of a stage whose rules depend on one parameter: the value the table was
     made with (stored beside it, ``read_table_params``; ``default`` for a table from before)."""
     from mmc4_assets.defs.common import check_result
@@ -81,6 +97,5 @@ def run_param_check(quality: DataQuality, storage: Any, table: str, shard: str, 
     value = store.read_table_params(table, shard).get(param, default)
     data = store.read_table(table, shard)
     thresholds = quality.thresholds(**{param: value})
-    suite = validate_suite(quality, table, shard, storage.root, lambda: frame(data),
-                           lambda: expectations(thresholds))
+    suite = validate_suite(quality, table, shard, storage.root, lambda: frame(data), lambda: expectations(thresholds))
     return check_result(rules(data, value), suite, **{param: value})

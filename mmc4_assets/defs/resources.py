@@ -21,17 +21,29 @@ from mmc4_assets.storage.settings import S3_ENV_FIELDS
 
 SHARD_SUFFIX = ".json.gz"
 # dagster-aws's S3 settings (ResourceWithS3Configuration, S3Resource): the same names here
-S3_FIELDS = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key",
-             "aws_session_token", "profile_name", "use_unsigned_session", "use_ssl", "verify",
-             "max_attempts")
+S3_FIELDS = (
+    "endpoint_url",
+    "region_name",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "profile_name",
+    "use_unsigned_session",
+    "use_ssl",
+    "verify",
+    "max_attempts",
+)
 
 
 def s3_fields(s3: ResourceWithS3Configuration | None) -> dict[str, Any]:
     """The S3 settings of a dagster-aws ``S3Resource``, to configure a storage resource alike."""
     if s3 is None:
         return {}
-    return {name: getattr(s3, name) for name in S3_FIELDS
-            if getattr(s3, name) != ResourceWithS3Configuration.model_fields[name].default}
+    return {
+        name: getattr(s3, name)
+        for name in S3_FIELDS
+        if getattr(s3, name) != ResourceWithS3Configuration.model_fields[name].default
+    }
 
 
 def s3_storage_options(s3: ResourceWithS3Configuration) -> dict[str, Any]:
@@ -52,8 +64,9 @@ class StorageResource(ResourceWithS3Configuration):
     temp_max_age_hours: float = 24.0
 
     def store(self) -> ShardStore:
-        return open_store(self.root, s3={name: getattr(self, name) for name in S3_FIELDS},
-                          temp_max_age=self.temp_max_age_hours * 3600)
+        return open_store(
+            self.root, s3={name: getattr(self, name) for name in S3_FIELDS}, temp_max_age=self.temp_max_age_hours * 3600
+        )
 
 
 class CommonCrawlConfig(dg.Config):
@@ -67,7 +80,7 @@ class CommonCrawlConfig(dg.Config):
     # the crawl bucket is AWS's (us-east-1), also when the storage root is another S3 service
     endpoint_url: str | None = None
     region_name: str | None = "us-east-1"
-    concurrency: int = 16          # index lookups and range reads in flight per shard
+    concurrency: int = 16  # index lookups and range reads in flight per shard
     # Common Crawl's columnar URL index (parquet: url, fetch_time, fetch_status,
     # content_mime_detected, warc_filename, warc_record_offset, warc_record_length), paths or
     # globs, e.g. s3://commoncrawl/cc-index/table/cc-main/warc/crawl=CC-MAIN-2019-18/subset=warc/*.parquet:
@@ -77,7 +90,7 @@ class CommonCrawlConfig(dg.Config):
     # columnar index is configured (at C4 scale the CDX server cannot take 365M requests)
     cdx_fallback: bool | None = None
     timeout: float = 30.0
-    retries: int = 4               # the public index answers 503 under load: back off and retry
+    retries: int = 4  # the public index answers 503 under load: back off and retry
     user_agent: str = "mmc4-assets/0.1 (+https://github.com/mmc4-assets/mmc4-assets)"
 
     def settings(self):
@@ -85,10 +98,15 @@ class CommonCrawlConfig(dg.Config):
 
         options = s3fs_storage_options(endpoint_url=self.endpoint_url, region_name=self.region_name)
         return CommonCrawlSettings(
-            index_url=self.index_url, collections=tuple(self.collections),
-            archive_root=self.archive_root, storage_options=options_for(self.archive_root, options),
-            concurrency=self.concurrency, timeout=self.timeout, retries=self.retries,
-            user_agent=self.user_agent)
+            index_url=self.index_url,
+            collections=tuple(self.collections),
+            archive_root=self.archive_root,
+            storage_options=options_for(self.archive_root, options),
+            concurrency=self.concurrency,
+            timeout=self.timeout,
+            retries=self.retries,
+            user_agent=self.user_agent,
+        )
 
     def uses_cdx(self) -> bool:
         return self.cdx_fallback if self.cdx_fallback is not None else not self.columnar_index
@@ -150,8 +168,10 @@ class ShardSource(ResourceWithS3Configuration):
             for path in self._expand(pattern):
                 key = key_for(path, pattern)
                 if found.get(key, path) != path:
-                    raise ValueError(f"archive key {key!r} names two files: {found[key]} and {path}; "
-                                     "give their directories separate page_archives patterns")
+                    raise ValueError(
+                        f"archive key {key!r} names two files: {found[key]} and {path}; "
+                        "give their directories separate page_archives patterns"
+                    )
                 found[key] = path
         return dict(sorted(found.items()))
 
@@ -165,14 +185,15 @@ class ShardSource(ResourceWithS3Configuration):
             path = f"{root}/{rel}" if root else rel
             if matches(path, pattern) and UPath(path, **self._options(path)).exists():
                 return path
-        raise FileNotFoundError(f"archive partition {key!r}: no file {rel!r} under the page_archives "
-                                f"patterns {self.page_archives}")
+        raise FileNotFoundError(
+            f"archive partition {key!r}: no file {rel!r} under the page_archives patterns {self.page_archives}"
+        )
 
     def _expand(self, pattern: str) -> list[str]:
         if "://" in pattern:
             fs = UPath(pattern, **self._options(pattern)).fs
             if any(c in pattern for c in "*?["):
-                fs.invalidate_cache()   # a sensor lists again every tick
+                fs.invalidate_cache()  # a sensor lists again every tick
                 return sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern))
             return [pattern]
         return sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in "*?[") else [pattern]
@@ -194,25 +215,32 @@ class DaskEngine(dg.ConfigurableResource):
     scheduler_address: str | None = None
     n_workers: int = 2
     threads_per_worker: int = 1
-    memory_limit: str = "2GiB"      # per worker: dask spills to disk, then pauses, above it
+    memory_limit: str = "2GiB"  # per worker: dask spills to disk, then pauses, above it
     processes: bool = True
     shuffle_method: str = "p2p"
 
     def settings(self):
         from mmc4_assets.engine import EngineSettings
 
-        return EngineSettings(scheduler_address=self.scheduler_address, n_workers=self.n_workers,
-                              threads_per_worker=self.threads_per_worker, memory_limit=self.memory_limit,
-                              processes=self.processes, shuffle_method=self.shuffle_method)
+        return EngineSettings(
+            scheduler_address=self.scheduler_address,
+            n_workers=self.n_workers,
+            threads_per_worker=self.threads_per_worker,
+            memory_limit=self.memory_limit,
+            processes=self.processes,
+            shuffle_method=self.shuffle_method,
+        )
 
 
 def dask_engine_from_env() -> DaskEngine:
     """``MMC4_DASK_SCHEDULER`` (tcp://host:8786), else a LocalCluster of ``MMC4_DASK_WORKERS``
     workers of ``MMC4_DASK_MEMORY_LIMIT`` each."""
     defaults = DaskEngine.model_fields
-    return DaskEngine(scheduler_address=os.environ.get("MMC4_DASK_SCHEDULER") or None,
-                      n_workers=int(os.environ.get("MMC4_DASK_WORKERS", defaults["n_workers"].default)),
-                      memory_limit=os.environ.get("MMC4_DASK_MEMORY_LIMIT", defaults["memory_limit"].default))
+    return DaskEngine(
+        scheduler_address=os.environ.get("MMC4_DASK_SCHEDULER") or None,
+        n_workers=int(os.environ.get("MMC4_DASK_WORKERS", defaults["n_workers"].default)),
+        memory_limit=os.environ.get("MMC4_DASK_MEMORY_LIMIT", defaults["memory_limit"].default),
+    )
 
 
 class ImageFetcher(dg.ConfigurableResource):
@@ -264,15 +292,25 @@ class ImageFetcher(dg.ConfigurableResource):
             rewrites.update(self._server.rewrites)
             unthrottled.add(self._server.address[0])  # our own loopback server: no politeness wait
         return FetchSettings(
-            concurrency=self.concurrency, per_host=self.per_host,
-            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-            total_timeout=self.total_timeout, max_bytes=self.max_bytes,
-            max_redirects=self.max_redirects, retries=self.retries, user_agent=self.user_agent,
-            allow_private=self.allow_private, respect_opt_out=self.respect_opt_out,
-            url_rewrites=rewrites, per_host_rps=self.per_host_rps,
-            unthrottled_hosts=frozenset(unthrottled), dns_timeout=self.dns_timeout,
-            max_retry_after=self.max_retry_after, backoff_base=self.backoff_base,
-            opt_out_tokens=tuple(self.opt_out_tokens))
+            concurrency=self.concurrency,
+            per_host=self.per_host,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            total_timeout=self.total_timeout,
+            max_bytes=self.max_bytes,
+            max_redirects=self.max_redirects,
+            retries=self.retries,
+            user_agent=self.user_agent,
+            allow_private=self.allow_private,
+            respect_opt_out=self.respect_opt_out,
+            url_rewrites=rewrites,
+            per_host_rps=self.per_host_rps,
+            unthrottled_hosts=frozenset(unthrottled),
+            dns_timeout=self.dns_timeout,
+            max_retry_after=self.max_retry_after,
+            backoff_base=self.backoff_base,
+            opt_out_tokens=tuple(self.opt_out_tokens),
+        )
 
 
 class ClipModel(dg.ConfigurableResource):
@@ -296,25 +334,42 @@ class ClipModel(dg.ConfigurableResource):
         if self._encoder is None:
             from mmc4_assets.clip.encoder import ClipEncoder, ClipSpec
 
-            self._encoder = ClipEncoder(ClipSpec(
-                model_name=self.model_name, pretrained=self.pretrained, device=self.device,
-                precision=self.precision, batch_size=self.batch_size,
-                text_batch_size=self.text_batch_size, seed=self.seed, compile=self.compile,
-                fast_decode=self.fast_decode))
+            self._encoder = ClipEncoder(
+                ClipSpec(
+                    model_name=self.model_name,
+                    pretrained=self.pretrained,
+                    device=self.device,
+                    precision=self.precision,
+                    batch_size=self.batch_size,
+                    text_batch_size=self.text_batch_size,
+                    seed=self.seed,
+                    compile=self.compile,
+                    fast_decode=self.fast_decode,
+                )
+            )
         return self._encoder
 
     def scorer(self, load_image):
         """A ShardScorer for one shard (caches and decode pool live as long as it does)."""
         from mmc4_assets.clip.scoring import ShardScorer
 
-        return ShardScorer(self.encoder(), load_image, decode_workers=self.decode_workers,
-                           sentence_cache_size=self.sentence_cache_size,
-                           image_cache_size=self.image_cache_size)
+        return ShardScorer(
+            self.encoder(),
+            load_image,
+            decode_workers=self.decode_workers,
+            sentence_cache_size=self.sentence_cache_size,
+            image_cache_size=self.image_cache_size,
+        )
 
 
-def sample_resources(storage_root: str, *, shards_root: str | None = None,
-                     page_archives: list[str] | None = None, s3: S3Resource | None = None,
-                     common_crawl: CommonCrawlConfig | None = None) -> dict[str, Any]:
+def sample_resources(
+    storage_root: str,
+    *,
+    shards_root: str | None = None,
+    page_archives: list[str] | None = None,
+    s3: S3Resource | None = None,
+    common_crawl: CommonCrawlConfig | None = None,
+) -> dict[str, Any]:
     """The bundled sample: its shard and archives, its loopback image server, a tiny random CLIP.
 
     ``shards_root``/``page_archives`` point at copies elsewhere (e.g. uploaded to s3://);
@@ -325,11 +380,16 @@ def sample_resources(storage_root: str, *, shards_root: str | None = None,
     archives = [str(p) for p in sample_page_archives()] if page_archives is None else page_archives
     return {
         "storage": StorageResource(root=storage_root, **s3_fields(s3)),
-        "source": ShardSource(shards_root=shards_root or str(sample_shard_path().parent),
-                              page_archives=archives, common_crawl=common_crawl, **s3_fields(s3)),
+        "source": ShardSource(
+            shards_root=shards_root or str(sample_shard_path().parent),
+            page_archives=archives,
+            common_crawl=common_crawl,
+            **s3_fields(s3),
+        ),
         # the sample's images are served on 127.0.0.1, so private targets are allowed here only
-        "fetcher": ImageFetcher(allow_private=True, serve_sample_images=True, concurrency=16,
-                                total_timeout=10.0, retries=1),
+        "fetcher": ImageFetcher(
+            allow_private=True, serve_sample_images=True, concurrency=16, total_timeout=10.0, retries=1
+        ),
         "clip": ClipModel(model_name="mmc4-tiny-random", pretrained=None, batch_size=32),
         # a few hundred URLs: one worker thread in this process, no worker processes to start
         "dask": DaskEngine(n_workers=1, threads_per_worker=2, processes=False),
@@ -367,8 +427,9 @@ def s3_resource_from_env(prefix: str = "MMC4_S3_") -> S3Resource | None:
     Values are bound as ``EnvVar``s: read when a run starts, never shown in the UI.
     """
     fields = {var: name for var, name in S3_ENV_FIELDS.items() if var != "MAX_ATTEMPTS"}
-    kwargs: dict[str, Any] = {field: dg.EnvVar(prefix + var) for var, field in fields.items()
-                              if os.environ.get(prefix + var)}
+    kwargs: dict[str, Any] = {
+        field: dg.EnvVar(prefix + var) for var, field in fields.items() if os.environ.get(prefix + var)
+    }
     if os.environ.get(prefix + "MAX_ATTEMPTS"):
         kwargs["max_attempts"] = dg.EnvVar.int(prefix + "MAX_ATTEMPTS")
     return S3Resource(**kwargs) if kwargs else None
@@ -389,7 +450,8 @@ def common_crawl_from_env() -> CommonCrawlConfig | None:
         concurrency=int(os.environ.get("MMC4_CC_CONCURRENCY", defaults["concurrency"].default)),
         columnar_index=_env_list("MMC4_CC_COLUMNAR_INDEX"),
         # the crawl bucket is AWS's (us-east-1) even when the storage root is another S3 service
-        endpoint_url=os.environ.get("MMC4_CC_S3_ENDPOINT_URL") or None)
+        endpoint_url=os.environ.get("MMC4_CC_S3_ENDPOINT_URL") or None,
+    )
 
 
 def production_resources() -> dict[str, Any]:
@@ -398,11 +460,15 @@ def production_resources() -> dict[str, Any]:
     fetcher, clip = ImageFetcher.model_fields, ClipModel.model_fields
     return {
         "storage": StorageResource(root=dg.EnvVar("MMC4_STORAGE_ROOT"), **s3_fields(s3)),
-        "source": ShardSource(shards_root=dg.EnvVar("MMC4_SHARDS_ROOT"),
-                              page_archives=_env_list("MMC4_PAGE_ARCHIVES"),
-                              common_crawl=common_crawl_from_env(), **s3_fields(s3)),
-        "fetcher": ImageFetcher(user_agent=env_or("MMC4_USER_AGENT", fetcher["user_agent"].default,
-                                                  if_empty=fetcher["user_agent"].default)),
+        "source": ShardSource(
+            shards_root=dg.EnvVar("MMC4_SHARDS_ROOT"),
+            page_archives=_env_list("MMC4_PAGE_ARCHIVES"),
+            common_crawl=common_crawl_from_env(),
+            **s3_fields(s3),
+        ),
+        "fetcher": ImageFetcher(
+            user_agent=env_or("MMC4_USER_AGENT", fetcher["user_agent"].default, if_empty=fetcher["user_agent"].default)
+        ),
         "quality": DataQuality(),
         "dask": dask_engine_from_env(),
         "classifiers": FeatureClassifiers(
@@ -411,10 +477,11 @@ def production_resources() -> dict[str, Any]:
             # the weights were trained on the model the features come from
             feature_model=env_or("MMC4_CLIP_MODEL", clip["model_name"].default),
         ),
-        "clip": ClipModel(model_name=env_or("MMC4_CLIP_MODEL", clip["model_name"].default,
-                                            if_empty=clip["model_name"].default),
-                          pretrained=env_or("MMC4_CLIP_PRETRAINED", clip["pretrained"].default),  # "": random
-                          device=env_or("MMC4_CLIP_DEVICE", clip["device"].default, if_empty=clip["device"].default)),
+        "clip": ClipModel(
+            model_name=env_or("MMC4_CLIP_MODEL", clip["model_name"].default, if_empty=clip["model_name"].default),
+            pretrained=env_or("MMC4_CLIP_PRETRAINED", clip["pretrained"].default),  # "": random
+            device=env_or("MMC4_CLIP_DEVICE", clip["device"].default, if_empty=clip["device"].default),
+        ),
     }
 
 
@@ -438,7 +505,12 @@ def resources() -> dg.Definitions:
     # the sample's whole work (docs/performance.md, "Runs launched from the UI").
     # MMC4_SHARDS_ROOT / MMC4_PAGE_ARCHIVES add shards to the sample profile (its image server,
     # tiny CLIP and loopback fetching stay): more shards than the bundled one, same settings.
-    return dg.Definitions(resources=sample_resources(
-        default_storage_root(), shards_root=os.environ.get("MMC4_SHARDS_ROOT") or None,
-        page_archives=_env_list("MMC4_PAGE_ARCHIVES") or None, s3=s3_resource_from_env()),
-        executor=executor_from_env("in_process"))
+    return dg.Definitions(
+        resources=sample_resources(
+            default_storage_root(),
+            shards_root=os.environ.get("MMC4_SHARDS_ROOT") or None,
+            page_archives=_env_list("MMC4_PAGE_ARCHIVES") or None,
+            s3=s3_resource_from_env(),
+        ),
+        executor=executor_from_env("in_process"),
+    )

@@ -65,8 +65,7 @@ class _DeviceTaggedContext(StepHandlerContext):
 
     @property
     def step_tags(self) -> Mapping[str, Mapping[str, str]]:
-        return {key: device_step_tags(tags, self._device_tags)
-                for key, tags in super().step_tags.items()}
+        return {key: device_step_tags(tags, self._device_tags) for key, tags in super().step_tags.items()}
 
 
 class DevicePlacementStepHandler(StepHandler):
@@ -94,8 +93,11 @@ def with_device_placement(base: dg.ExecutorDefinition, name: str) -> dg.Executor
     """``base`` (a step-delegating executor) with a ``device_tags`` config field."""
     fields = executor_config_fields(base)
     fields["device_tags"] = dg.Field(
-        dg.Map(str, dg.Permissive()), is_required=False, default_value={},
-        description="device name (the mmc4/device op tag) -> launcher step tags for those steps")
+        dg.Map(str, dg.Permissive()),
+        is_required=False,
+        default_value={},
+        description="device name (the mmc4/device op tag) -> launcher step tags for those steps",
+    )
 
     @dg.executor(name=name, config_schema=fields, requirements=multiple_process_executor_requirements())
     def _executor(init_context: dg.InitExecutorContext) -> StepDelegatingExecutor:
@@ -141,5 +143,6 @@ def executor_for(kind: str, config: Mapping[str, Any] | None = None) -> dg.Execu
 
 def executor_from_env(default: str = "multiprocess") -> dg.ExecutorDefinition | None:
     """``MMC4_EXECUTOR`` (with ``MMC4_EXECUTOR_CONFIG``), or ``default`` when it is unset."""
-    return executor_for(os.environ.get("MMC4_EXECUTOR") or default,
-                        load_executor_config(os.environ.get("MMC4_EXECUTOR_CONFIG")))
+    return executor_for(
+        os.environ.get("MMC4_EXECUTOR") or default, load_executor_config(os.environ.get("MMC4_EXECUTOR_CONFIG"))
+    )

@@ -12,6 +12,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a cluster is used, not at definition load
+    import distributed
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,12 @@ class EngineSettings:
 
 
 @contextlib.contextmanager
-def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed.Client"]:  # noqa: F821
+def dask_client(settings: EngineSettings | None = None) -> Iterator[distributed.Client]:
     """A dask.distributed Client: connected to ``scheduler_address``, or to a LocalCluster we own."""
+    import logging
+
     import dask
     from distributed import Client, LocalCluster
-
-    import logging
 
     settings = settings or EngineSettings()
     # p2p shuffles log every start/stop at WARNING: noise in a run's log
@@ -53,14 +57,27 @@ def dask_client(settings: EngineSettings | None = None) -> Iterator["distributed
         # forever. Only worker processes get a limit.
         memory_limit = settings.memory_limit if settings.processes else 0
         # dashboard off: a port per test run is noise, and nothing here serves it
-        with LocalCluster(n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
-                          memory_limit=memory_limit, processes=settings.processes,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=settings.n_workers,
+                threads_per_worker=settings.threads_per_worker,
+                memory_limit=memory_limit,
+                processes=settings.processes,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
 
 
-def map_ordered(client: distributed.Client | None, fn, items, *args,  # noqa: F821
-                max_in_flight: int = 8, **kwargs) -> Iterator:
+def map_ordered(
+    client: distributed.Client | None,
+    fn,
+    items,
+    *args,
+    max_in_flight: int = 8,
+    **kwargs,
+) -> Iterator:
     """``fn(item, *args, **kwargs)`` for every item, results yielded in item order.
 
     With a client the calls run on the cluster, at most ``max_in_flight`` at a time, so the

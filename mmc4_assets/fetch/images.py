@@ -49,9 +49,9 @@ BAD_ASPECT = "bad_aspect"
 
 @dataclass(frozen=True)
 class ProcessedImage:
-    data: bytes          # JPEG bytes as stored
-    sha256: str          # of the stored bytes: the content address
-    phash: str           # 64-bit perceptual hash, hex
+    data: bytes  # JPEG bytes as stored
+    sha256: str  # of the stored bytes: the content address
+    phash: str  # 64-bit perceptual hash, hex
     width: int
     height: int
     orig_width: int
@@ -126,8 +126,15 @@ def _decode_jpeg(body: bytes, width: int, height: int, target: tuple[int, int]) 
         return None
     scale = _dct_scale(width, height, target)
     resized = target != (width, height)  # the fast IDCT/upsampling is invisible after a downscale
-    pixels = simplejpeg.decode_jpeg(body, colorspace="BGR", fastdct=resized, fastupsample=resized,
-                                    min_width=-(-width // scale), min_height=-(-height // scale), strict=True)
+    pixels = simplejpeg.decode_jpeg(
+        body,
+        colorspace="BGR",
+        fastdct=resized,
+        fastupsample=resized,
+        min_width=-(-width // scale),
+        min_height=-(-height // scale),
+        strict=True,
+    )
     if pixels.shape[1] < target[0] or pixels.shape[0] < target[1]:
         raise ValueError("decoded size is smaller than the header says")
     return pixels

@@ -77,9 +77,12 @@ def fingerprint(settings: FetchSettings, limits: ImageLimits) -> str:
     outcomes, which the default policy re-fetches anyway.
     """
     decisive = {
-        "limits": asdict(limits), "max_bytes": settings.max_bytes,
-        "max_redirects": settings.max_redirects, "allow_private": settings.allow_private,
-        "respect_opt_out": settings.respect_opt_out, "robots_tokens": sorted(settings.robots_tokens),
+        "limits": asdict(limits),
+        "max_bytes": settings.max_bytes,
+        "max_redirects": settings.max_redirects,
+        "allow_private": settings.allow_private,
+        "respect_opt_out": settings.respect_opt_out,
+        "robots_tokens": sorted(settings.robots_tokens),
         "decoder": 1,  # bump when process_image changes its output for the same bytes
     }
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
@@ -88,8 +91,9 @@ def fingerprint(settings: FetchSettings, limits: ImageLimits) -> str:
 class FetchLog:
     """The fetch log of one shard in one :class:`~mmc4_assets.storage.ShardStore`."""
 
-    def __init__(self, store: Any, shard: str, fingerprint: str, *, flush_rows: int = 2048,
-                 flush_seconds: float = 30.0) -> None:
+    def __init__(
+        self, store: Any, shard: str, fingerprint: str, *, flush_rows: int = 2048, flush_seconds: float = 30.0
+    ) -> None:
         self.store, self.shard, self.fingerprint = store, shard, fingerprint
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._run = uuid.uuid4().hex[:8]
@@ -107,9 +111,10 @@ class FetchLog:
         directory = self._dir()
         if not directory.exists():
             return []
-        return sorted((p for p in directory.iterdir()
-                       if p.name.startswith("part-") and p.name.endswith(".parquet")),
-                      key=lambda p: p.name)
+        return sorted(
+            (p for p in directory.iterdir() if p.name.startswith("part-") and p.name.endswith(".parquet")),
+            key=lambda p: p.name,
+        )
 
     def read_all(self) -> pl.DataFrame:
         """Every logged row, the latest per key, in log order."""
@@ -142,7 +147,8 @@ class FetchLog:
 
     def due(self) -> bool:
         return len(self._buffer) >= self.flush_rows or (
-            bool(self._buffer) and time.monotonic() - self._last_flush >= self.flush_seconds)
+            bool(self._buffer) and time.monotonic() - self._last_flush >= self.flush_seconds
+        )
 
     def maybe_flush(self) -> None:
         if self.due():
@@ -161,12 +167,10 @@ class FetchLog:
             seqs = [int(p.name.split("-")[1]) for p in self.parts() if p.name.split("-")[1].isdigit()]
             self._next_seq = max(seqs, default=0) + 1
         frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows, schema=LOG_SCHEMA)
-        path = self.store.path("tables", LOG_TABLE, self.shard,
-                               f"part-{self._next_seq:08d}-{self._run}.parquet")
+        path = self.store.path("tables", LOG_TABLE, self.shard, f"part-{self._next_seq:08d}-{self._run}.parquet")
         self._next_seq += 1
         with self.store.open_atomic(path) as fh:
-            pq.write_table(frame.select(list(LOG_SCHEMA)).cast(LOG_SCHEMA).to_arrow(), fh,
-                           compression="zstd")
+            pq.write_table(frame.select(list(LOG_SCHEMA)).cast(LOG_SCHEMA).to_arrow(), fh, compression="zstd")
         return path
 
     def compact(self) -> None:

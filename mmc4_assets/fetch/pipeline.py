@@ -31,10 +31,20 @@ from mmc4_assets.fetch.client import OK, Fetcher, FetchResult, FetchSettings
 from mmc4_assets.fetch.images import ImageLimits, ProcessedImage, process_image
 
 FETCHED_SCHEMA = {
-    "doc_id": pl.String, "image_index": pl.Int32, "raw_url": pl.String, "status": pl.String,
-    "http_status": pl.Int32, "image_name": pl.String, "phash": pl.String, "width": pl.Int32,
-    "height": pl.Int32, "orig_width": pl.Int32, "orig_height": pl.Int32, "bytes": pl.Int64,
-    "attempts": pl.Int32, "fetch_ms": pl.Float64,
+    "doc_id": pl.String,
+    "image_index": pl.Int32,
+    "raw_url": pl.String,
+    "status": pl.String,
+    "http_status": pl.Int32,
+    "image_name": pl.String,
+    "phash": pl.String,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "orig_width": pl.Int32,
+    "orig_height": pl.Int32,
+    "bytes": pl.Int64,
+    "attempts": pl.Int32,
+    "fetch_ms": pl.Float64,
 }
 _PAYLOAD_FIELDS = tuple(k for k in FETCHED_SCHEMA if k not in ("doc_id", "image_index", "raw_url"))
 _RECENT_URLS = 4096  # finished URLs remembered for in-shard duplicates
@@ -57,20 +67,27 @@ class Outcome:
 def payload(result: FetchResult, image: ProcessedImage | None, status: str) -> dict:
     """The row fields that depend on the URL only (not on which document holds it)."""
     return {
-        "status": status, "http_status": result.http_status,
+        "status": status,
+        "http_status": result.http_status,
         "image_name": image.image_name if image else None,
         "phash": image.phash if image else None,
-        "width": image.width if image else None, "height": image.height if image else None,
+        "width": image.width if image else None,
+        "height": image.height if image else None,
         "orig_width": image.orig_width if image else None,
         "orig_height": image.orig_height if image else None,
         "bytes": len(image.data) if image else None,
-        "attempts": result.attempts, "fetch_ms": result.elapsed_ms,
+        "attempts": result.attempts,
+        "fetch_ms": result.elapsed_ms,
     }
 
 
 def _row(cand: Candidate, fields: dict) -> dict:
-    return {"doc_id": cand.doc_id, "image_index": cand.image_index, "raw_url": cand.raw_url,
-            **{k: fields.get(k) for k in _PAYLOAD_FIELDS}}
+    return {
+        "doc_id": cand.doc_id,
+        "image_index": cand.image_index,
+        "raw_url": cand.raw_url,
+        **{k: fields.get(k) for k in _PAYLOAD_FIELDS},
+    }
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -88,11 +105,18 @@ class FetchPipeline:
     (on the event-loop thread: keep it cheap and thread-safe).
     """
 
-    def __init__(self, settings: FetchSettings, limits: ImageLimits,
-                 put_blob: Callable[[str, bytes], Any],
-                 blob_exists: Callable[[str], bool] = lambda name: False, *,
-                 workers: int = 2, window: int = 4096, dns_threads: int = 32,
-                 on_fetched: Callable[[dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: FetchSettings,
+        limits: ImageLimits,
+        put_blob: Callable[[str, bytes], Any],
+        blob_exists: Callable[[str], bool] = lambda name: False,
+        *,
+        workers: int = 2,
+        window: int = 4096,
+        dns_threads: int = 32,
+        on_fetched: Callable[[dict], None] | None = None,
+    ) -> None:
         if workers < 1 or window < 1:
             raise ValueError("workers and window must be >= 1")
         self.settings, self.limits = settings, limits
@@ -113,8 +137,7 @@ class FetchPipeline:
         # so a few stalled names cannot queue every other lookup behind them.
         self._dns_pool = ThreadPoolExecutor(self._dns_threads, thread_name_prefix="mmc4-dns")
         self._loop.set_default_executor(self._dns_pool)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="mmc4-fetch-loop",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mmc4-fetch-loop", daemon=True)
         self._thread.start()
         self._fetcher: Fetcher | None = None
         try:
@@ -168,8 +191,7 @@ class FetchPipeline:
     # -- per candidate (event-loop thread) ----------------------------------------------
     async def _one(self, cand: Candidate) -> Outcome:
         prior = cand.prior
-        if prior is not None and (prior["status"] != OK or await self._in_pool(
-                self._blob_exists, prior["image_name"])):
+        if prior is not None and (prior["status"] != OK or await self._in_pool(self._blob_exists, prior["image_name"])):
             return Outcome(_row(cand, prior), reused=True)
         url = cand.raw_url
         if not isinstance(url, str):

@@ -70,22 +70,37 @@ class FetchProgress:
 
     def describe(self) -> str:
         of = f"/{self.total} ({self.done / self.total:.0%})" if self.total else ""
-        return (f"{self.done}{of} images, {self.rate:.1f} img/s, {self.error_rate:.1%} not ok, "
-                f"{self.reused} reused from the fetch log")
+        return (
+            f"{self.done}{of} images, {self.rate:.1f} img/s, {self.error_rate:.1%} not ok, "
+            f"{self.reused} reused from the fetch log"
+        )
 
 
-def fetch_documents(docs: Iterable[dict], *, store, shard: str, settings: FetchSettings,
-                    limits: ImageLimits, stats: StepStats, options: ShardOptions = ShardOptions(),
-                    total: int | None = None,
-                    on_progress: Callable[[FetchProgress], None] | None = None) -> Iterator[dict]:
+def fetch_documents(
+    docs: Iterable[dict],
+    *,
+    store,
+    shard: str,
+    settings: FetchSettings,
+    limits: ImageLimits,
+    stats: StepStats,
+    options: ShardOptions = ShardOptions(),
+    total: int | None = None,
+    on_progress: Callable[[FetchProgress], None] | None = None,
+) -> Iterator[dict]:
     """One FETCHED_SCHEMA row per candidate (doc_id, image_index), in document order.
 
     ``docs`` carry ``doc_id`` and ``image_urls`` and are read lazily. ``store`` is a
     :class:`~mmc4_assets.storage.ShardStore`: images go to its content-addressed blobs,
     the fetch log to ``tables/fetch_log/{shard}/``. Statuses are counted in ``stats``.
     """
-    flog = FetchLog(store, shard, fingerprint(settings, limits),
-                    flush_rows=options.log_flush_rows, flush_seconds=options.log_flush_seconds)
+    flog = FetchLog(
+        store,
+        shard,
+        fingerprint(settings, limits),
+        flush_rows=options.log_flush_rows,
+        flush_seconds=options.log_flush_seconds,
+    )
     prior = flog.reusable_rows(options.refetch)
     progress = FetchProgress(total=total)
     last_report = time.monotonic()
@@ -96,8 +111,9 @@ def fetch_documents(docs: Iterable[dict], *, store, shard: str, settings: FetchS
         return store.blob_path(image_name[:64]).exists()
 
     workers = options.workers or (os.cpu_count() or 1) + 1
-    pipeline = FetchPipeline(settings, limits, store.put_blob, blob_exists, workers=workers,
-                             window=options.window, on_fetched=flog.append)
+    pipeline = FetchPipeline(
+        settings, limits, store.put_blob, blob_exists, workers=workers, window=options.window, on_fetched=flog.append
+    )
     try:
         with pipeline:
             for outcome in pipeline.run(_candidates(docs, prior, options.lookup_batch)):
@@ -146,11 +162,18 @@ class _PriorIndex:
     def candidates(self, keys: list[tuple]) -> list[Candidate]:
         if not len(self._hashes):
             return [Candidate(*key) for key in keys]
-        wanted = pl.DataFrame(
-            {"doc_id": [k[0] for k in keys], "image_index": [k[1] for k in keys],
-             "raw_url": [k[2] if isinstance(k[2], str) else None for k in keys]},
-            schema={"doc_id": pl.String, "image_index": pl.Int32, "raw_url": pl.String},
-        ).select(_key_hash())["_key"].to_numpy()
+        wanted = (
+            pl.DataFrame(
+                {
+                    "doc_id": [k[0] for k in keys],
+                    "image_index": [k[1] for k in keys],
+                    "raw_url": [k[2] if isinstance(k[2], str) else None for k in keys],
+                },
+                schema={"doc_id": pl.String, "image_index": pl.Int32, "raw_url": pl.String},
+            )
+            .select(_key_hash())["_key"]
+            .to_numpy()
+        )
         pos = np.minimum(np.searchsorted(self._hashes, wanted), len(self._hashes) - 1)
         hit = np.flatnonzero(self._hashes[pos] == wanted)
         found = dict(zip(hit.tolist(), self._rows[pos[hit]].drop("_key").iter_rows(named=True), strict=True))

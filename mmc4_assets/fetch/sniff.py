@@ -27,8 +27,14 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\x0a", "JPEGXL"),
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEGXL"),
 )
-_ISO_BMFF_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC",
-                    b"mif1": "HEIF", b"msf1": "HEIF"}
+_ISO_BMFF_BRANDS = {
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+}
 
 
 def sniff_image_format(head: bytes) -> str | None:

@@ -51,7 +51,7 @@ def key_for(path: str, pattern: str) -> str:
     root = pattern_root(pattern)
     if root and not path.startswith(root + "/"):
         raise ValueError(f"{path} is not under {root}")
-    return archive_key(path[len(root) + 1:] if root else path)
+    return archive_key(path[len(root) + 1 :] if root else path)
 
 
 def matches(path: str, pattern: str) -> bool:

@@ -80,7 +80,7 @@ def parse_time(value: str | None) -> datetime | None:
         digits = "".join(ch for ch in value if ch.isdigit())
         if len(digits) < 14:
             return None
-        try:   # CDX style: YYYYMMDDhhmmss
+        try:  # CDX style: YYYYMMDDhhmmss
             parsed = datetime.strptime(digits[:14], "%Y%m%d%H%M%S")
         except ValueError:
             return None
@@ -103,7 +103,7 @@ def _absolute(base: str, src: str) -> str | None:
 class ImageCandidate:
     url: str
     alt: str | None
-    position: int   # index of its <img> among the page's <img> elements (WAT: among IMG links)
+    position: int  # index of its <img> among the page's <img> elements (WAT: among IMG links)
 
 
 def _ordered_unique(cands: Iterable[ImageCandidate]) -> list[ImageCandidate]:
@@ -182,12 +182,20 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _page(url: str, cands: list[ImageCandidate], source: str, record, status: int | None,
-          mime: str | None, offset: int | None) -> PageRecord:
-    return PageRecord(url, tuple(c.url for c in cands), source,
-                      capture_time=parse_time(record.rec_headers.get_header("WARC-Date")),
-                      status=status, mime=mime, image_alts=tuple(c.alt for c in cands),
-                      image_positions=tuple(c.position for c in cands), offset=offset)
+def _page(
+    url: str, cands: list[ImageCandidate], source: str, record, status: int | None, mime: str | None, offset: int | None
+) -> PageRecord:
+    return PageRecord(
+        url,
+        tuple(c.url for c in cands),
+        source,
+        capture_time=parse_time(record.rec_headers.get_header("WARC-Date")),
+        status=status,
+        mime=mime,
+        image_alts=tuple(c.alt for c in cands),
+        image_positions=tuple(c.position for c in cands),
+        offset=offset,
+    )
 
 
 def _record_page(record, offset: int | None, stats: StepStats) -> PageRecord | None:
@@ -207,8 +215,15 @@ def _record_page(record, offset: int | None, stats: StepStats) -> PageRecord | N
             stats.drop("no_target_uri")
             return None
         body = record.content_stream().read(MAX_HTML_BYTES)
-        return _page(url, image_candidates_from_html(body, url), "warc", record,
-                     _int(headers.get_statuscode()), ctype.split(";")[0].strip(), offset)
+        return _page(
+            url,
+            image_candidates_from_html(body, url),
+            "warc",
+            record,
+            _int(headers.get_statuscode()),
+            ctype.split(";")[0].strip(),
+            offset,
+        )
     if rtype == "metadata":
         ctype = (record.rec_headers.get_header("Content-Type") or "").lower()
         if "json" not in ctype:
@@ -256,13 +271,14 @@ class ArchiveProgress:
     """Where a read got to: records seen, and the error that ended it early (if any)."""
 
     records: int = 0
-    error: str | None = None         # ``archive_read_error_<kind>``
+    error: str | None = None  # ``archive_read_error_<kind>``
     error_detail: str | None = None
     error_offset: int | None = None  # byte offset of the record that could not be read
 
 
-def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats | None = None,
-                      progress: ArchiveProgress | None = None) -> Iterator[PageRecord]:
+def iter_page_records(
+    stream: BinaryIO, source_name: str = "", stats: StepStats | None = None, progress: ArchiveProgress | None = None
+) -> Iterator[PageRecord]:
     """Page records of one WARC or WAT stream; every other record is a counted reason.
 
     A record whose body cannot be parsed is counted (``record_error``) and skipped. An error
@@ -283,8 +299,13 @@ def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats 
             progress.error, progress.error_detail = f"{ARCHIVE_ERROR}_{kind}", str(exc).strip()[:300]
             progress.error_offset = _offset(it)
             stats.drop(progress.error)
-            log.warning("%s: archive read stopped at byte %s after %d records: %s",
-                        source_name, progress.error_offset, progress.records, kind)
+            log.warning(
+                "%s: archive read stopped at byte %s after %d records: %s",
+                source_name,
+                progress.error_offset,
+                progress.records,
+                kind,
+            )
             return
         progress.records += 1
         offset = _offset(it)
@@ -292,8 +313,13 @@ def iter_page_records(stream: BinaryIO, source_name: str = "", stats: StepStats 
             page = _record_page(record, offset, stats)
         except Exception as exc:  # one corrupt record must not lose the rest of the archive  # noqa: BLE001
             stats.drop("record_error")
-            log.warning("skipping unreadable %s record at %s in %s: %s", record.rec_type, offset,
-                        source_name, type(exc).__name__)
+            log.warning(
+                "skipping unreadable %s record at %s in %s: %s",
+                record.rec_type,
+                offset,
+                source_name,
+                type(exc).__name__,
+            )
             continue
         if page is not None:
             stats.keep()
@@ -317,16 +343,20 @@ def capture_rank(page: PageRecord, c4_time: datetime | None, order: int) -> tupl
     return (not preferred, distance, order, page.offset if page.offset is not None else -1)
 
 
-def build_page_index(archives: Iterable[str], wanted: Iterable[str] | Mapping[str, Any],
-                     opener: Callable[[str], BinaryIO]) -> dict[str, PageRecord]:
+def build_page_index(
+    archives: Iterable[str], wanted: Iterable[str] | Mapping[str, Any], opener: Callable[[str], BinaryIO]
+) -> dict[str, PageRecord]:
     """Page records for the normalized URLs in ``wanted`` (a set, or ``{key: (url, c4 timestamp)}``),
     one per URL by the join's capture rule.
 
     Reads every archive: fine for a handful of files (tests, one-off lookups); a crawl goes
     through the ``page_records`` assets and the Dask join (``pages/join.py``) instead.
     """
-    times = ({k: parse_time(v[1] if isinstance(v, tuple) else v) for k, v in wanted.items()}
-             if isinstance(wanted, Mapping) else dict.fromkeys(wanted))
+    times = (
+        {k: parse_time(v[1] if isinstance(v, tuple) else v) for k, v in wanted.items()}
+        if isinstance(wanted, Mapping)
+        else dict.fromkeys(wanted)
+    )
     index: dict[str, tuple[tuple, PageRecord]] = {}
     for order, path in enumerate(archives):
         with opener(path) as stream:

@@ -31,9 +31,16 @@ from mmc4_assets.pages.page_table import page_row
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["url", "fetch_time", "fetch_status", "content_mime_detected", "warc_filename",
-                 "warc_record_offset", "warc_record_length"]
-MAX_RECORD_BYTES = 16 * 1024 * 1024   # a CC WARC record is a few hundred KB at most
+INDEX_COLUMNS = [
+    "url",
+    "fetch_time",
+    "fetch_status",
+    "content_mime_detected",
+    "warc_filename",
+    "warc_record_offset",
+    "warc_record_length",
+]
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # a CC WARC record is a few hundred KB at most
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
@@ -120,13 +127,20 @@ class ColumnarIndex:
                     if page is None:
                         continue
                     row = page_row(page, name)
-                    row.update(record_offset=offset, shard=cap.shard, url_key=cap.url_key, c4_url=cap.c4_url,
-                               c4_time=cap.c4_time, source=f"cc_{page.source}")
+                    row.update(
+                        record_offset=offset,
+                        shard=cap.shard,
+                        url_key=cap.url_key,
+                        c4_url=cap.c4_url,
+                        c4_time=cap.c4_time,
+                        source=f"cc_{page.source}",
+                    )
                     rows.append(row)
         out = pd.DataFrame(rows, columns=list(DOC_META.columns) + list(PAGE_DTYPES))
         out["capture_time"] = pd.to_datetime(out["capture_time"], utc=True).astype("datetime64[us, UTC]")
-        return out.astype({**DOC_META.dtypes.to_dict(), **{k: v for k, v in PAGE_DTYPES.items()
-                                                           if k != "capture_time"}})
+        return out.astype(
+            {**DOC_META.dtypes.to_dict(), **{k: v for k, v in PAGE_DTYPES.items() if k != "capture_time"}}
+        )
 
     def pages_for(self, docs, shuffle: dict):
         """Page rows (docs' columns + page_records columns) for ``docs`` (a dask frame of
@@ -135,14 +149,16 @@ class ColumnarIndex:
 
         from mmc4_assets.pages.join import DOC_META, PAGE_DTYPES
 
-        index = dd.read_parquet(list(self.files), columns=INDEX_COLUMNS,
-                                filters=[("fetch_status", "==", 200)],
-                                storage_options=self.index_options or None)
+        index = dd.read_parquet(
+            list(self.files),
+            columns=INDEX_COLUMNS,
+            filters=[("fetch_status", "==", 200)],
+            storage_options=self.index_options or None,
+        )
         index = index.map_partitions(_with_keys, meta=_with_keys(index._meta))
         candidates = docs.merge(index, on="url_key", how="inner", **shuffle)
         best = candidates.shuffle(on="url_key", **shuffle).map_partitions(closest_capture)
-        meta = pd.concat([DOC_META, pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PAGE_DTYPES.items()})],
-                         axis=1)
-        return best.shuffle(on="warc_filename", **shuffle).map_partitions(self.read_ranges, meta=meta,
-                                                                          enforce_metadata=False)
-
+        meta = pd.concat([DOC_META, pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PAGE_DTYPES.items()})], axis=1)
+        return best.shuffle(on="warc_filename", **shuffle).map_partitions(
+            self.read_ranges, meta=meta, enforce_metadata=False
+        )

@@ -62,7 +62,7 @@ class CommonCrawlSettings:
     timeout: float = 30.0
     retries: int = 4
     user_agent: str = "mmc4-assets"
-    backoff: float = 1.0   # seconds, doubled per retry, with jitter
+    backoff: float = 1.0  # seconds, doubled per retry, with jitter
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Capture:
     """One line of the CDX JSON answer."""
 
     url: str
-    timestamp: str   # 14 digits, YYYYMMDDhhmmss
+    timestamp: str  # 14 digits, YYYYMMDDhhmmss
     filename: str
     offset: int
     length: int
@@ -79,10 +79,15 @@ class Capture:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Capture:
-        return cls(url=str(obj["url"]), timestamp=str(obj.get("timestamp", "")),
-                   filename=str(obj["filename"]), offset=int(obj["offset"]),
-                   length=int(obj["length"]), status=str(obj.get("status", "")),
-                   mime=str(obj.get("mime", obj.get("mime-detected", ""))))
+        return cls(
+            url=str(obj["url"]),
+            timestamp=str(obj.get("timestamp", "")),
+            filename=str(obj["filename"]),
+            offset=int(obj["offset"]),
+            length=int(obj["length"]),
+            status=str(obj.get("status", "")),
+            mime=str(obj.get("mime", obj.get("mime-detected", ""))),
+        )
 
 
 class CommonCrawlError(Exception):
@@ -126,9 +131,12 @@ class CdxClient:
     def __init__(self, settings: CommonCrawlSettings):
         self.settings = settings
         self._http = urllib3.PoolManager(
-            maxsize=max(1, settings.concurrency), block=True,
+            maxsize=max(1, settings.concurrency),
+            block=True,
             timeout=urllib3.Timeout(connect=min(10.0, settings.timeout), read=settings.timeout),
-            retries=False, headers={"User-Agent": settings.user_agent})
+            retries=False,
+            headers={"User-Agent": settings.user_agent},
+        )
 
     def captures(self, url: str, collection: str, timestamp: str | None = None) -> list[Capture]:
         params = {"url": url, "output": "json"}
@@ -136,7 +144,7 @@ class CdxClient:
             params.update(closest=timestamp, sort="closest", limit="20")
         endpoint = f"{self.settings.index_url.rstrip('/')}/{collection}-index?{urlencode(params)}"
         resp = _with_retries(lambda: self._get(endpoint), self.settings)
-        if resp.status == 404:   # pywb: "No Captures found for: ..."
+        if resp.status == 404:  # pywb: "No Captures found for: ..."
             return []
         if resp.status != 200:
             raise CommonCrawlError("index_error", f"HTTP {resp.status}")
@@ -173,7 +181,7 @@ def _with_retries(fn: Callable[[], T], settings: CommonCrawlSettings) -> T:
         except _Retryable as exc:
             if attempt == settings.retries:
                 raise CommonCrawlError(exc.reason, str(exc)) from exc
-            time.sleep(settings.backoff * (2 ** attempt) * (0.5 + random.random()))
+            time.sleep(settings.backoff * (2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 
@@ -194,7 +202,7 @@ class RecordReader:
         path = f"{self._root}/{name}" if self._root else name
 
         def ranged() -> bytes:
-            try:   # one ranged GET: bytes=offset-(offset+length-1)
+            try:  # one ranged GET: bytes=offset-(offset+length-1)
                 return self._fs.cat_file(path, start=capture.offset, end=capture.offset + capture.length)
             except FileNotFoundError as exc:
                 raise CommonCrawlError("fetch_error", f"missing {name}") from exc
@@ -221,7 +229,7 @@ def page_from_record(data: bytes, source_name: str) -> PageRecord | None:
 class Lookup:
     """What the index said about one wanted URL: a capture and its page, none, or an error."""
 
-    key: str                  # normalized C4 URL
+    key: str  # normalized C4 URL
     collection: str | None = None
     capture: Capture | None = None
     page: PageRecord | None = None
@@ -229,13 +237,18 @@ class Lookup:
 
     def as_row(self) -> dict[str, Any]:
         c = self.capture
-        return {"url_key": self.key, "collection": self.collection,
-                "capture_url": c.url if c else None, "capture_timestamp": c.timestamp if c else None,
-                "filename": c.filename if c else None, "offset": c.offset if c else None,
-                "length": c.length if c else None,
-                "page_url": self.page.url if self.page else None,
-                "image_urls": list(self.page.image_urls) if self.page else None,
-                "source": self.page.source if self.page else None}
+        return {
+            "url_key": self.key,
+            "collection": self.collection,
+            "capture_url": c.url if c else None,
+            "capture_timestamp": c.timestamp if c else None,
+            "filename": c.filename if c else None,
+            "offset": c.offset if c else None,
+            "length": c.length if c else None,
+            "page_url": self.page.url if self.page else None,
+            "image_urls": list(self.page.image_urls) if self.page else None,
+            "source": self.page.source if self.page else None,
+        }
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Lookup:
@@ -244,13 +257,30 @@ class Lookup:
             page = PageRecord(row["page_url"], tuple(row["image_urls"] or ()), row["source"])
         capture = None
         if row.get("filename") is not None:
-            capture = Capture(row["capture_url"], row["capture_timestamp"] or "", row["filename"],
-                              int(row["offset"]), int(row["length"]), "200", "")
+            capture = Capture(
+                row["capture_url"],
+                row["capture_timestamp"] or "",
+                row["filename"],
+                int(row["offset"]),
+                int(row["length"]),
+                "200",
+                "",
+            )
         return cls(row["url_key"], row.get("collection"), capture, page)
 
 
-CACHE_SCHEMA_FIELDS = ("url_key", "collection", "capture_url", "capture_timestamp", "filename",
-                       "offset", "length", "page_url", "image_urls", "source")
+CACHE_SCHEMA_FIELDS = (
+    "url_key",
+    "collection",
+    "capture_url",
+    "capture_timestamp",
+    "filename",
+    "offset",
+    "length",
+    "page_url",
+    "image_urls",
+    "source",
+)
 
 
 class CommonCrawlPages:
@@ -287,14 +317,17 @@ class CommonCrawlPages:
             log.debug("common crawl lookup of %s failed: %s", url, exc)
             return Lookup(key, error=exc.reason)
 
-    def lookup_many(self, wanted: Mapping[str, tuple[str, str | None]], stats: StepStats,
-                    on_progress: Callable[[int, int], None] | None = None) -> Iterator[Lookup]:
+    def lookup_many(
+        self,
+        wanted: Mapping[str, tuple[str, str | None]],
+        stats: StepStats,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[Lookup]:
         """Lookups of ``{key: (url, c4_timestamp)}``; counts ``found``/``not_found``/errors."""
         items = list(wanted.items())
-        done = 0
-        for result in bounded_map(lambda kv: self.lookup(kv[0], *kv[1]), items,
-                                  self.settings.concurrency):
-            done += 1
+        for done, result in enumerate(
+            bounded_map(lambda kv: self.lookup(kv[0], *kv[1]), items, self.settings.concurrency), start=1
+        ):
             if result.error:
                 stats.drop(result.error)
             elif result.page is None:

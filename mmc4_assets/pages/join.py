@@ -48,18 +48,38 @@ log = logging.getLogger(__name__)
 _S = pd.StringDtype("pyarrow")
 _I64 = pd.Int64Dtype()
 _EPOCH = pd.Timestamp(0, tz="UTC")
-DOC_META = pd.DataFrame({"shard": pd.Series([], dtype=_S), "url_key": pd.Series([], dtype=_S),
-                         "c4_url": pd.Series([], dtype=_S), "c4_time": pd.Series([], dtype=_I64)})
-WRITTEN_META = pd.DataFrame({"shard": pd.Series([], dtype=_S), "pages": pd.Series([], dtype=_I64),
-                             "docs_matched_warc": pd.Series([], dtype=_I64),
-                             "docs_matched_wat": pd.Series([], dtype=_I64),
-                             "docs_matched_cc": pd.Series([], dtype=_I64)})
+DOC_META = pd.DataFrame(
+    {
+        "shard": pd.Series([], dtype=_S),
+        "url_key": pd.Series([], dtype=_S),
+        "c4_url": pd.Series([], dtype=_S),
+        "c4_time": pd.Series([], dtype=_I64),
+    }
+)
+WRITTEN_META = pd.DataFrame(
+    {
+        "shard": pd.Series([], dtype=_S),
+        "pages": pd.Series([], dtype=_I64),
+        "docs_matched_warc": pd.Series([], dtype=_I64),
+        "docs_matched_wat": pd.Series([], dtype=_I64),
+        "docs_matched_cc": pd.Series([], dtype=_I64),
+    }
+)
 _PAGE_COLUMNS = list(PAGE_RECORDS_SCHEMA)
 # what read_parquet(dtype_backend="numpy_nullable") gives for page_records: every source of page
 # rows (archives, the columnar index) uses these, so the shuffle sees one schema
-PAGE_DTYPES = {"url": "string", "capture_time": "datetime64[us, UTC]", "status": "Int32", "mime": "string",
-               "source": "string", "archive": "string", "record_offset": "Int64", "image_urls": object,
-               "image_alts": object, "image_positions": object}
+PAGE_DTYPES = {
+    "url": "string",
+    "capture_time": "datetime64[us, UTC]",
+    "status": "Int32",
+    "mime": "string",
+    "source": "string",
+    "archive": "string",
+    "record_offset": "Int64",
+    "image_urls": object,
+    "image_alts": object,
+    "image_positions": object,
+}
 
 
 @dataclass(frozen=True)
@@ -94,28 +114,37 @@ def shard_urls(shard: str, location: Location) -> pd.DataFrame:
                 if key not in seen:
                     when = parse_time(line.doc["timestamp"])
                     seen[key] = (line.doc["url"], int(when.timestamp()) if when else None)
-    return pd.DataFrame({
-        "shard": pd.Series([shard] * len(seen), dtype=_S),
-        "url_key": pd.Series(list(seen), dtype=_S),
-        "c4_url": pd.Series([v[0] for v in seen.values()], dtype=_S),
-        "c4_time": pd.Series([v[1] for v in seen.values()], dtype=_I64)})
+    return pd.DataFrame(
+        {
+            "shard": pd.Series([shard] * len(seen), dtype=_S),
+            "url_key": pd.Series(list(seen), dtype=_S),
+            "c4_url": pd.Series([v[0] for v in seen.values()], dtype=_S),
+            "c4_time": pd.Series([v[1] for v in seen.values()], dtype=_I64),
+        }
+    )
 
 
 def _docs_frame(shards: Mapping[str, Location]):
     import dask.dataframe as dd
 
     items = sorted(shards.items())
-    return dd.from_map(lambda item: shard_urls(*item), items, meta=DOC_META,
-                       label="c4-shard-urls", enforce_metadata=False)
+    return dd.from_map(
+        lambda item: shard_urls(*item), items, meta=DOC_META, label="c4-shard-urls", enforce_metadata=False
+    )
 
 
 def _pages_frame(page_tables: list[Location]):
     import dask.dataframe as dd
 
     options = page_tables[0].options if page_tables else {}
-    return dd.read_parquet([t.uri for t in page_tables], columns=_PAGE_COLUMNS,
-                           storage_options=options or None, dtype_backend="numpy_nullable",
-                           split_row_groups=False, aggregate_files=False)
+    return dd.read_parquet(
+        [t.uri for t in page_tables],
+        columns=_PAGE_COLUMNS,
+        storage_options=options or None,
+        dtype_backend="numpy_nullable",
+        split_row_groups=False,
+        aggregate_files=False,
+    )
 
 
 def rank_captures(frame: pd.DataFrame) -> pd.DataFrame:
@@ -123,21 +152,24 @@ def rank_captures(frame: pd.DataFrame) -> pd.DataFrame:
     then archive key and record offset (deterministic whatever the partitioning)."""
     if frame.empty:
         return frame
-    frame = frame.reset_index(drop=True)   # partitions of a shuffle repeat index labels
+    frame = frame.reset_index(drop=True)  # partitions of a shuffle repeat index labels
     status = pd.to_numeric(frame["status"], errors="coerce")
     html = frame["mime"].astype(object).fillna("").astype(str).str.contains("html")
     preferred = ((status == 200) & html).astype(bool)
     capture = (pd.to_datetime(frame["capture_time"], utc=True) - _EPOCH).dt.total_seconds()
     distance = (capture - pd.to_numeric(frame["c4_time"], errors="coerce").astype("float64")).abs()
-    ranked = frame.assign(_pref=(~preferred).astype("int8"),
-                          _dist=distance.fillna(float(2**62)),
-                          _arch=frame["archive"].fillna(""),
-                          _off=frame["record_offset"].fillna(-1).astype("int64"))
+    ranked = frame.assign(
+        _pref=(~preferred).astype("int8"),
+        _dist=distance.fillna(float(2**62)),
+        _arch=frame["archive"].fillna(""),
+        _off=frame["record_offset"].fillna(-1).astype("int64"),
+    )
     ranked = ranked.sort_values(["shard", "url_key", "_pref", "_dist", "_arch", "_off"], kind="stable")
     best = ranked.drop_duplicates(["shard", "url_key"], keep="first")
     seconds = (capture.loc[best.index] - pd.to_numeric(best["c4_time"]).astype("float64")).round()
     return best.drop(columns=["_pref", "_dist", "_arch", "_off"]).assign(
-        seconds_from_c4=seconds.astype(_I64 if seconds.isna().any() else "int64"))
+        seconds_from_c4=seconds.astype(_I64 if seconds.isna().any() else "int64")
+    )
 
 
 def write_shard_partition(frame: pd.DataFrame, out: Location) -> pd.DataFrame:
@@ -151,9 +183,15 @@ def write_shard_partition(frame: pd.DataFrame, out: Location) -> pd.DataFrame:
         store.write_table(SHARD_PAGES_TABLE, str(shard), table)
         by_source = table["source"].value_counts()
         n = dict(zip(by_source["source"].to_list(), by_source["count"].to_list(), strict=True))
-        counts.append({"shard": str(shard), "pages": table.height, "docs_matched_warc": n.get("warc", 0),
-                       "docs_matched_wat": n.get("wat", 0),
-                       "docs_matched_cc": n.get("cc_warc", 0) + n.get("cc_wat", 0)})
+        counts.append(
+            {
+                "shard": str(shard),
+                "pages": table.height,
+                "docs_matched_warc": n.get("warc", 0),
+                "docs_matched_wat": n.get("wat", 0),
+                "docs_matched_cc": n.get("cc_warc", 0) + n.get("cc_wat", 0),
+            }
+        )
     return pd.DataFrame(counts, columns=list(WRITTEN_META)).astype(WRITTEN_META.dtypes.to_dict())
 
 
@@ -161,9 +199,16 @@ def empty_shard_pages() -> pl.DataFrame:
     return pl.DataFrame(schema=SHARD_PAGES_SCHEMA)
 
 
-def join_shard_pages(client, shards: Mapping[str, Location], page_tables: list[Location],
-                     out: Location, *, cc=None, shuffle_method: str | None = None,
-                     npartitions: int | None = None) -> JoinReport:
+def join_shard_pages(
+    client,
+    shards: Mapping[str, Location],
+    page_tables: list[Location],
+    out: Location,
+    *,
+    cc=None,
+    shuffle_method: str | None = None,
+    npartitions: int | None = None,
+) -> JoinReport:
     """Write ``shard_pages/{shard}.parquet`` for every shard in ``shards``; one Dask computation.
 
     ``client``: a ``distributed.Client`` (``engine.dask_client``). ``page_tables``: the
@@ -193,12 +238,13 @@ def join_shard_pages(client, shards: Mapping[str, Location], page_tables: list[L
         by_shard = matches.shuffle(on="shard", npartitions=n_out, **shuffle)
         # on this client, named: a bare .compute() goes to whichever Client was made last in the
         # process (another run's, or a closed one), and waits for it forever
-        written = client.compute(by_shard.map_partitions(write_shard_partition, out, meta=WRITTEN_META,
-                                                         enforce_metadata=False)).result()
+        written = client.compute(
+            by_shard.map_partitions(write_shard_partition, out, meta=WRITTEN_META, enforce_metadata=False)
+        ).result()
         for row in written.to_dict("records"):
             per_shard[row["shard"]] = {k: int(v) for k, v in row.items() if k != "shard"}
     store = ShardStore(out.uri, out.options)
-    for shard in shards:   # no match at all: an empty table, so raw_c4 reads "none found", not "not joined"
+    for shard in shards:  # no match at all: an empty table, so raw_c4 reads "none found", not "not joined"
         if shard not in per_shard:
             store.write_table(SHARD_PAGES_TABLE, shard, empty_shard_pages())
             per_shard[shard] = {k: 0 for k in WRITTEN_META.columns if k != "shard"}

@@ -25,31 +25,41 @@ PAGE_RECORDS_TABLE = "page_records"
 SHARD_PAGES_TABLE = "shard_pages"
 
 PAGE_RECORDS_SCHEMA = {
-    "url_key": pl.String,            # normalize_url(url): the join key
-    "url": pl.String,                # WARC-Target-URI as archived
-    "capture_time": pl.Datetime("us", "UTC"),   # WARC-Date
-    "status": pl.Int32,              # HTTP status (WAT: Response-Message.Status)
+    "url_key": pl.String,  # normalize_url(url): the join key
+    "url": pl.String,  # WARC-Target-URI as archived
+    "capture_time": pl.Datetime("us", "UTC"),  # WARC-Date
+    "status": pl.Int32,  # HTTP status (WAT: Response-Message.Status)
     "mime": pl.String,
-    "source": pl.String,             # "warc" | "wat"
-    "archive": pl.String,            # archive partition key
-    "record_offset": pl.Int64,       # byte offset of the record in its archive
-    "image_urls": pl.List(pl.String),         # in document order, resolved against <base href>
+    "source": pl.String,  # "warc" | "wat"
+    "archive": pl.String,  # archive partition key
+    "record_offset": pl.Int64,  # byte offset of the record in its archive
+    "image_urls": pl.List(pl.String),  # in document order, resolved against <base href>
     "image_alts": pl.List(pl.String),
-    "image_positions": pl.List(pl.Int32),     # index among the page's <img> elements
+    "image_positions": pl.List(pl.Int32),  # index among the page's <img> elements
 }
 # shard_pages: the chosen capture per (shard, url_key), and the distance that chose it
 SHARD_PAGES_SCHEMA = {**PAGE_RECORDS_SCHEMA, "shard": pl.String, "seconds_from_c4": pl.Int64}
 
 
 def page_row(page: PageRecord, archive: str) -> dict:
-    return {"url_key": normalize_url(page.url), "url": page.url, "capture_time": page.capture_time,
-            "status": page.status, "mime": page.mime, "source": page.source, "archive": archive,
-            "record_offset": page.offset, "image_urls": list(page.image_urls),
-            "image_alts": list(page.image_alts), "image_positions": list(page.image_positions)}
+    return {
+        "url_key": normalize_url(page.url),
+        "url": page.url,
+        "capture_time": page.capture_time,
+        "status": page.status,
+        "mime": page.mime,
+        "source": page.source,
+        "archive": archive,
+        "record_offset": page.offset,
+        "image_urls": list(page.image_urls),
+        "image_alts": list(page.image_alts),
+        "image_positions": list(page.image_positions),
+    }
 
 
-def archive_page_rows(stream: BinaryIO, archive: str, source_name: str, stats: StepStats,
-                      progress: ArchiveProgress) -> Iterator[dict]:
+def archive_page_rows(
+    stream: BinaryIO, archive: str, source_name: str, stats: StepStats, progress: ArchiveProgress
+) -> Iterator[dict]:
     """``page_records`` rows of one archive stream; everything else lands in ``stats``."""
     for page in iter_page_records(stream, source_name, stats, progress):
         yield page_row(page, archive)
@@ -60,14 +70,22 @@ def pages_from_rows(rows: Iterable[dict]) -> dict[str, PageRecord]:
     out: dict[str, PageRecord] = {}
     for r in rows:
         out[r["url_key"]] = PageRecord(
-            r["url"], tuple(r["image_urls"] or ()), r["source"], capture_time=r.get("capture_time"),
-            status=r.get("status"), mime=r.get("mime"), image_alts=tuple(r.get("image_alts") or ()),
-            image_positions=tuple(r.get("image_positions") or ()), offset=r.get("record_offset"))
+            r["url"],
+            tuple(r["image_urls"] or ()),
+            r["source"],
+            capture_time=r.get("capture_time"),
+            status=r.get("status"),
+            mime=r.get("mime"),
+            image_alts=tuple(r.get("image_alts") or ()),
+            image_positions=tuple(r.get("image_positions") or ()),
+            offset=r.get("record_offset"),
+        )
     return out
 
 
-def write_page_records(store, archive: str, stream: BinaryIO, source_name: str,
-                       stats: StepStats | None = None) -> tuple[StepStats, ArchiveProgress, int]:
+def write_page_records(
+    store, archive: str, stream: BinaryIO, source_name: str, stats: StepStats | None = None
+) -> tuple[StepStats, ArchiveProgress, int]:
     """Stream one archive once into ``page_records/{archive}.parquet``; (stats, progress, rows).
 
     The table carries how the read went (records, kept, dropped, the error that ended it) in its
@@ -79,7 +97,12 @@ def write_page_records(store, archive: str, stream: BinaryIO, source_name: str,
         for row in archive_page_rows(stream, archive, source_name, stats, progress):
             out.append(row)
         rows = out.rows + len(out._buffer)
-        out.params.update(archive=source_name, num_records=progress.records, records_kept=stats.kept,
-                          records_dropped=stats.total_dropped, archive_error=progress.error or "",
-                          archive_error_offset=progress.error_offset)
+        out.params.update(
+            archive=source_name,
+            num_records=progress.records,
+            records_kept=stats.kept,
+            records_dropped=stats.total_dropped,
+            archive_error=progress.error or "",
+            archive_error_offset=progress.error_offset,
+        )
     return stats, progress, rows

@@ -23,20 +23,18 @@ MAX_DOC_CHARS = 200_000
 MAX_LINE_BYTES = 16 * 1024 * 1024
 # the source ended or broke before its end: what was read before is kept, the check decides
 SOURCE_REASONS = ("truncated_source", "corrupt_source", "not_gzip")
-_KEEP_RAW = {"malformed_json", "missing_field", "invalid_unicode", "too_deep", "oversized_line",
-             *SOURCE_REASONS}
+_KEEP_RAW = {"malformed_json", "missing_field", "invalid_unicode", "too_deep", "oversized_line", *SOURCE_REASONS}
 
 
 @dataclass
 class C4Line:
     line_no: int
-    raw: bytes   # the line; for a source-level reason, what broke and where (file, byte offset)
+    raw: bytes  # the line; for a source-level reason, what broke and where (file, byte offset)
     doc: dict | None = None
-    error: str | None = None   # drop reason when the line is not a C4 document
+    error: str | None = None  # drop reason when the line is not a C4 document
 
 
-def iter_c4_lines(stream: BinaryIO, name: str | None = None,
-                  max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[C4Line]:
+def iter_c4_lines(stream: BinaryIO, name: str | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[C4Line]:
     """Parse a gzip'd C4 shard line by line; every line is a document or carries a reason.
 
     A broken source (truncated, corrupt, not gzip at all) ends the shard with one row whose
@@ -45,7 +43,7 @@ def iter_c4_lines(stream: BinaryIO, name: str | None = None,
     raised, naming the file, so the run fails and is retried rather than publishing less.
     """
     name = name or _stream_name(stream)
-    line_no, done = -1, 0   # last line read; decompressed bytes of the lines read
+    line_no, done = -1, 0  # last line read; decompressed bytes of the lines read
     try:
         with gzip.open(stream, "rb") as reader:
             while raw := reader.readline(max_line_bytes):
@@ -64,8 +62,7 @@ def iter_c4_lines(stream: BinaryIO, name: str | None = None,
         first = line_no < 0 and str(exc).startswith("Not a gzipped file")
         yield _source_error(line_no, "not_gzip" if first else "corrupt_source", name, stream, done, exc)
     except OSError as exc:
-        raise OSError(f"{name}: reading failed after line {line_no} "
-                      f"(decompressed byte {done}): {exc}") from exc
+        raise OSError(f"{name}: reading failed after line {line_no} (decompressed byte {done}): {exc}") from exc
 
 
 def _stream_name(stream: BinaryIO) -> str:
@@ -83,16 +80,19 @@ def _skip_line(reader, chunk: int) -> int:
     return skipped
 
 
-def _source_error(line_no: int, reason: str, name: str, stream: BinaryIO, done: int,
-                  exc: BaseException) -> C4Line:
+def _source_error(line_no: int, reason: str, name: str, stream: BinaryIO, done: int, exc: BaseException) -> C4Line:
     try:
         at = f"compressed byte {stream.tell()}"
     except (OSError, ValueError, AttributeError):
         at = "an unknown compressed offset"
-    what = {"truncated_source": "gzip stream ends early", "corrupt_source": "gzip stream is corrupt",
-            "not_gzip": "not a gzip file"}[reason]
-    detail = (f"{name}: {what} at {at}, after {line_no + 1} lines "
-              f"({done} decompressed bytes): {type(exc).__name__}: {exc}")
+    what = {
+        "truncated_source": "gzip stream ends early",
+        "corrupt_source": "gzip stream is corrupt",
+        "not_gzip": "not a gzip file",
+    }[reason]
+    detail = (
+        f"{name}: {what} at {at}, after {line_no + 1} lines ({done} decompressed bytes): {type(exc).__name__}: {exc}"
+    )
     return C4Line(line_no + 1, detail.encode("utf-8", "backslashreplace"), error=reason)
 
 
@@ -102,9 +102,9 @@ def _parse_line(line_no: int, raw: bytes) -> C4Line:
         return C4Line(line_no, raw, error="blank_line")
     try:
         doc = json.loads(raw)
-    except RecursionError:   # nesting deeper than the interpreter's stack (a C4 line has depth 1)
+    except RecursionError:  # nesting deeper than the interpreter's stack (a C4 line has depth 1)
         return C4Line(line_no, raw, error="too_deep")
-    except ValueError:   # includes UnicodeDecodeError and ints past Python's digit limit
+    except ValueError:  # includes UnicodeDecodeError and ints past Python's digit limit
         return C4Line(line_no, raw, error="malformed_json")
     if not isinstance(doc, dict):
         return C4Line(line_no, raw, error="missing_field")
@@ -127,10 +127,18 @@ def _utf8_safe(value: str) -> bool:
     return True
 
 
-def document_rows(lines: Iterator[C4Line], pages: dict[str, PageRecord], shard: str,
-                  url_filter: UrlFilter, doc_stats: StepStats, image_stats: StepStats,
-                  quarantine: Callable[[dict], None], *, max_chars: int | None = MAX_DOC_CHARS,
-                  splitter: Splitter = "punkt") -> Iterator[dict]:
+def document_rows(
+    lines: Iterator[C4Line],
+    pages: dict[str, PageRecord],
+    shard: str,
+    url_filter: UrlFilter,
+    doc_stats: StepStats,
+    image_stats: StepStats,
+    quarantine: Callable[[dict], None],
+    *,
+    max_chars: int | None = MAX_DOC_CHARS,
+    splitter: Splitter = "punkt",
+) -> Iterator[dict]:
     """raw_c4 rows; every line that is not one goes to ``quarantine`` with its reason.
 
     A text longer than ``max_chars`` characters is quarantined as ``too_long`` before it is
@@ -166,13 +174,20 @@ def document_rows(lines: Iterator[C4Line], pages: dict[str, PageRecord], shard: 
             url = (doc or {}).get("url")
             # keep the raw bytes only where they are the evidence (unparseable lines)
             raw = line.raw[:2000].decode("utf-8", "replace") if reason in _KEEP_RAW else None
-            quarantine({"line_no": line.line_no, "url": url if isinstance(url, str) else None,
-                        "reason": reason, "raw": raw})
+            quarantine(
+                {"line_no": line.line_no, "url": url if isinstance(url, str) else None, "reason": reason, "raw": raw}
+            )
             continue
         doc_stats.keep()
-        yield {"doc_id": f"{shard}:{line.line_no:07d}", "line_no": line.line_no, "url": doc["url"],
-               "timestamp": doc["timestamp"], "text_list": sentences, "image_urls": images,
-               "page_source": page.source}
+        yield {
+            "doc_id": f"{shard}:{line.line_no:07d}",
+            "line_no": line.line_no,
+            "url": doc["url"],
+            "timestamp": doc["timestamp"],
+            "text_list": sentences,
+            "image_urls": images,
+            "page_source": page.source,
+        }
 
 
 def wanted_urls(lines: Iterator[C4Line]) -> set[str]:

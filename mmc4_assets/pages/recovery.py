@@ -20,9 +20,16 @@ from mmc4_assets.stats import StepStats
 # so a retried run does not ask the index again for what it already answered
 CC_PAGES_TABLE = "raw_c4_cc_pages"
 CC_PAGES_SCHEMA = {
-    "url_key": pl.String, "collection": pl.String, "capture_url": pl.String,
-    "capture_timestamp": pl.String, "filename": pl.String, "offset": pl.Int64, "length": pl.Int64,
-    "page_url": pl.String, "image_urls": pl.List(pl.String), "source": pl.String,
+    "url_key": pl.String,
+    "collection": pl.String,
+    "capture_url": pl.String,
+    "capture_timestamp": pl.String,
+    "filename": pl.String,
+    "offset": pl.Int64,
+    "length": pl.Int64,
+    "page_url": pl.String,
+    "image_urls": pl.List(pl.String),
+    "source": pl.String,
 }
 PROGRESS_SECONDS = 15.0
 
@@ -36,14 +43,22 @@ def wanted_pages(lines: Iterable) -> dict[str, tuple[str, str | None]]:
     return wanted
 
 
-def common_crawl_pages(store, shard: str, missing: dict[str, tuple[str, str | None]],
-                       settings: CommonCrawlSettings, stats: StepStats,
-                       log: Callable[[str], None] = lambda _: None) -> dict[str, PageRecord]:
+def common_crawl_pages(
+    store,
+    shard: str,
+    missing: dict[str, tuple[str, str | None]],
+    settings: CommonCrawlSettings,
+    stats: StepStats,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, PageRecord]:
     """Pages of ``missing`` URLs from Common Crawl, reusing this shard's cached answers."""
     cached: list[Lookup] = []
     if store.has_table(CC_PAGES_TABLE, shard):
-        cached = [Lookup.from_row(r) for r in store.read_table(CC_PAGES_TABLE, shard).iter_rows(named=True)
-                  if r["url_key"] in missing]
+        cached = [
+            Lookup.from_row(r)
+            for r in store.read_table(CC_PAGES_TABLE, shard).iter_rows(named=True)
+            if r["url_key"] in missing
+        ]
     for hit in cached:
         if hit.page is not None:
             stats.keep()
@@ -61,9 +76,12 @@ def common_crawl_pages(store, shard: str, missing: dict[str, tuple[str, str | No
     answered: list[Lookup] = []
     with CommonCrawlPages(settings) as cc:
         for result in cc.lookup_many(todo, stats, progress):
-            if result.error is None:   # failures are asked again by the next run
+            if result.error is None:  # failures are asked again by the next run
                 answered.append(result)
     lookups = cached + answered
-    store.write_table(CC_PAGES_TABLE, shard, pl.DataFrame(
-        [r.as_row() for r in sorted(lookups, key=lambda r: r.key)], schema=CC_PAGES_SCHEMA))
+    store.write_table(
+        CC_PAGES_TABLE,
+        shard,
+        pl.DataFrame([r.as_row() for r in sorted(lookups, key=lambda r: r.key)], schema=CC_PAGES_SCHEMA),
+    )
     return {r.key: r.page for r in lookups if r.page is not None}

@@ -41,9 +41,9 @@ class ShardRules:
     """Everything the corpus decided about one shard, gathered before its documents stream by."""
 
     shard: str
-    frequent_phashes: frozenset[str] = frozenset()      # this shard's pHashes over the corpus limit
-    duplicated_urls: frozenset[int] = frozenset()       # this shard's url keys held by another doc
-    url_owner: dict[int, str] = field(default_factory=dict)       # duplicated url key -> smallest shard
+    frequent_phashes: frozenset[str] = frozenset()  # this shard's pHashes over the corpus limit
+    duplicated_urls: frozenset[int] = frozenset()  # this shard's url keys held by another doc
+    url_owner: dict[int, str] = field(default_factory=dict)  # duplicated url key -> smallest shard
     first_doc_for_url: dict[int, str] = field(default_factory=dict)  # url key -> smallest doc_id here
     near_duplicates: dict[str, tuple[str, str, float]] = field(default_factory=dict)
     scores: dict[str, ImageScore] = field(default_factory=dict)
@@ -92,8 +92,7 @@ def apply_corpus_rules(row: dict, rules: ShardRules, docs: StepStats, images: St
         keep.append(i)
         # unscored with the face filter on counts as a face: the -ff subsets stay conservative
         has_face = rules.face_on and (score is None or score.face is None or bool(score.face))
-        info.append({**im, "face_detections": face_detections(score) if rules.face_on else None,
-                     "has_face": has_face})
+        info.append({**im, "face_detections": face_detections(score) if rules.face_on else None, "has_face": has_face})
     if not keep:
         docs.drop("no_image_after_corpus_rules")
         return None

@@ -22,20 +22,28 @@ def shard_filename(shard: str, version: str = "v2") -> str:
     return f"docs_shard_{shard_number(shard)}_{version}.jsonl.zip"
 
 
-def make_document(url: str, text_list: list[str], images: list[dict[str, Any]],
-                  similarity_matrix: list[list[float]], could_have_url_duplicate: int,
-                  ndigits: int = 6) -> dict[str, Any]:
+def make_document(
+    url: str,
+    text_list: list[str],
+    images: list[dict[str, Any]],
+    similarity_matrix: list[list[float]],
+    could_have_url_duplicate: int,
+    ndigits: int = 6,
+) -> dict[str, Any]:
     """One MMC4 jsonl line, with fields in MMC4's order."""
     return {
         "url": url,
         "text_list": list(text_list),
-        "image_info": [{
-            "image_name": im["image_name"],
-            "raw_url": im["raw_url"],
-            "matched_text_index": int(im["matched_text_index"]),
-            "matched_sim": round(float(im["matched_sim"]), ndigits),
-            "face_detections": im.get("face_detections"),
-        } for im in images],
+        "image_info": [
+            {
+                "image_name": im["image_name"],
+                "raw_url": im["raw_url"],
+                "matched_text_index": int(im["matched_text_index"]),
+                "matched_sim": round(float(im["matched_sim"]), ndigits),
+                "face_detections": im.get("face_detections"),
+            }
+            for im in images
+        ],
         "similarity_matrix": [[round(float(v), ndigits) for v in row] for row in similarity_matrix],
         "could_have_url_duplicate": int(could_have_url_duplicate),
     }
@@ -70,11 +78,15 @@ def schema_errors(doc: Any) -> list[str]:
         if not isinstance(sim, (int, float)) or not math.isfinite(sim) or not -1 <= sim <= 1:
             errors.append(f"image_info[{i}].matched_sim {sim!r} not a cosine")
     matrix = doc["similarity_matrix"]
-    if not isinstance(matrix, list) or len(matrix) != len(images) or any(
-            not isinstance(row, list) or len(row) != len(texts) for row in matrix):
+    if (
+        not isinstance(matrix, list)
+        or len(matrix) != len(images)
+        or any(not isinstance(row, list) or len(row) != len(texts) for row in matrix)
+    ):
         errors.append("similarity_matrix shape must be len(image_info) x len(text_list)")
-    elif any(not isinstance(v, (int, float)) or not math.isfinite(v) or not -1 <= v <= 1
-             for row in matrix for v in row):
+    elif any(
+        not isinstance(v, (int, float)) or not math.isfinite(v) or not -1 <= v <= 1 for row in matrix for v in row
+    ):
         errors.append("similarity_matrix values must be finite cosines")
     if doc["could_have_url_duplicate"] not in (0, 1):
         errors.append("could_have_url_duplicate must be 0 or 1")

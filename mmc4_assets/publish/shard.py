@@ -56,8 +56,10 @@ def slug(subset: str) -> str:
 
 def classifier_scores(store, shard: str) -> dict[str, ImageScore]:
     scores = store.read_table(CLASSIFIER_TABLE, shard)
-    return {r["image_name"]: ImageScore(r["p_nsfw"], r["nsfw"], r["p_face"], r["face"])
-            for r in scores.iter_rows(named=True)}
+    return {
+        r["image_name"]: ImageScore(r["p_nsfw"], r["nsfw"], r["p_face"], r["face"])
+        for r in scores.iter_rows(named=True)
+    }
 
 
 def _require_absorbed(shard: str, asset: str, per_shard: str, absorbed: dict, current: int | None) -> None:
@@ -65,11 +67,13 @@ def _require_absorbed(shard: str, asset: str, per_shard: str, absorbed: dict, cu
         raise PublishError(
             f"{asset} has not absorbed the latest {per_shard} of {shard} (absorbed "
             f"{absorbed.get(shard)}, latest {current}); a shard is published after the corpus update "
-            f"that includes it (corpus_update_job, started by corpus_update_sensor)")
+            f"that includes it (corpus_update_job, started by corpus_update_sensor)"
+        )
 
 
-def shard_rules(store, shard: str, settings: PublishSettings,
-                latest_version: Callable[[str], int | None]) -> tuple[ShardRules, dict]:
+def shard_rules(
+    store, shard: str, settings: PublishSettings, latest_version: Callable[[str], int | None]
+) -> tuple[ShardRules, dict]:
     """Everything the corpus decided about this shard, and the versions it came from.
 
     ``latest_version(per_shard_asset)`` is the latest version of this shard's contribution,
@@ -82,13 +86,15 @@ def shard_rules(store, shard: str, settings: PublishSettings,
     keys = url_keys(own["url"])
     docs = load_doc_decisions(store, shard, keys.unique().to_list())
     if settings.require_current_corpus:
-        _require_absorbed(shard, "corpus_image_counts", "image_hash_counts", image_rule.absorbed,
-                          latest_version("image_hash_counts"))
-        _require_absorbed(shard, "corpus_doc_index", "doc_fingerprints", docs.absorbed,
-                          latest_version("doc_fingerprints"))
+        _require_absorbed(
+            shard, "corpus_image_counts", "image_hash_counts", image_rule.absorbed, latest_version("image_hash_counts")
+        )
+        _require_absorbed(
+            shard, "corpus_doc_index", "doc_fingerprints", docs.absorbed, latest_version("doc_fingerprints")
+        )
     phashes = own["image_info"].explode().struct.field("phash").drop_nulls().unique().to_list()
-    first_doc = (own.select("doc_id", key=keys).group_by("key").agg(pl.col("doc_id").min()))
-    classify = store.read_table_params(CLASSIFIER_TABLE, shard)   # written with the scores
+    first_doc = own.select("doc_id", key=keys).group_by("key").agg(pl.col("doc_id").min())
+    classify = store.read_table_params(CLASSIFIER_TABLE, shard)  # written with the scores
     rules = ShardRules(
         shard=shard,
         # blocklist rule: a multi-index lookup of this shard's pHashes, O(shard)
@@ -105,14 +111,18 @@ def shard_rules(store, shard: str, settings: PublishSettings,
     )
     corpus = {
         **image_rule.metadata(),
-        "doc_index_version": docs.version, "near_duplicate_jaccard": docs.threshold,
-        "drop_near_duplicates": settings.drop_near_duplicates, "drop_url_duplicates": settings.drop_url_duplicates,
+        "doc_index_version": docs.version,
+        "near_duplicate_jaccard": docs.threshold,
+        "drop_near_duplicates": settings.drop_near_duplicates,
+        "drop_url_duplicates": settings.drop_url_duplicates,
     }
-    classifiers = {"nsfw": classify.get("nsfw_filter", "off: not scored"),
-                   "face": classify.get("face_filter", "off: not scored"),
-                   "nsfw_threshold": classify.get("nsfw_threshold"),
-                   "face_threshold": classify.get("face_threshold"),
-                   "weights": classify.get("classifiers")}
+    classifiers = {
+        "nsfw": classify.get("nsfw_filter", "off: not scored"),
+        "face": classify.get("face_filter", "off: not scored"),
+        "nsfw_threshold": classify.get("nsfw_threshold"),
+        "face_threshold": classify.get("face_threshold"),
+        "weights": classify.get("classifiers"),
+    }
     return rules, {"corpus": corpus, "classifiers": classifiers}
 
 
@@ -120,10 +130,10 @@ def shard_rules(store, shard: str, settings: PublishSettings,
 class PublishOutcome:
     """What one publication wrote: per subset its file name, counters and published manifest."""
 
-    subsets: list[str]                      # FULL first, then the subsets written
-    skipped: dict[str, str]                 # subset -> why it was not written
+    subsets: list[str]  # FULL first, then the subsets written
+    skipped: dict[str, str]  # subset -> why it was not written
     names: dict[str, str]
-    stats: dict[str, tuple[StepStats, StepStats]]   # (documents, images) per subset
+    stats: dict[str, tuple[StepStats, StepStats]]  # (documents, images) per subset
     published: dict[str, PublishedShard] = field(default_factory=dict)
 
     def path(self, subset: str) -> str:
@@ -138,8 +148,9 @@ def choose_subsets(settings: PublishSettings, face_on: bool) -> tuple[list[str],
     return [FULL, *(s for s in SUBSETS if s in settings.subsets and s not in skipped)], skipped
 
 
-def publish_shard(store, shard: str, settings: PublishSettings, rules: ShardRules, common: dict,
-                  batch_size: int = 1000) -> PublishOutcome:
+def publish_shard(
+    store, shard: str, settings: PublishSettings, rules: ShardRules, common: dict, batch_size: int = 1000
+) -> PublishOutcome:
     """Write the full set and its subsets, then their manifests (the full set's last), retract the rest."""
     subsets, skipped = choose_subsets(settings, rules.face_on)
     names = {s: subset_filename(s, shard, settings.version, settings.core_version) for s in subsets}
@@ -152,21 +163,30 @@ def publish_shard(store, shard: str, settings: PublishSettings, rules: ShardRule
                 doc = apply_corpus_rules(row, rules, full_docs, full_images)
                 if doc is None:
                     continue
-                for subset, d in subset_versions(doc, subsets, settings.face_filter_scope, settings.core,
-                                                 result.stats).items():
-                    out[subset].write(make_document(d["url"], d["text_list"], d["image_info"],
-                                                    d["similarity_matrix"], d["could_have_url_duplicate"],
-                                                    settings.ndigits))
+                for subset, d in subset_versions(
+                    doc, subsets, settings.face_filter_scope, settings.core, result.stats
+                ).items():
+                    out[subset].write(
+                        make_document(
+                            d["url"],
+                            d["text_list"],
+                            d["image_info"],
+                            d["similarity_matrix"],
+                            d["could_have_url_duplicate"],
+                            settings.ndigits,
+                        )
+                    )
     # every zip is in place: manifests now, the full set's last
     for subset in subsets[1:]:
-        result.published[subset] = out[subset].publish_manifest(manifest_fields(subset, common, settings,
-                                                                                names[FULL]))
+        result.published[subset] = out[subset].publish_manifest(manifest_fields(subset, common, settings, names[FULL]))
     # what the check needs, in the manifest a reader trusts: the subsets written with it
-    full_extra = {"docs_dropped": full_docs.total_dropped,
-                  "subset_files": {s: {"path": result.path(s), "num_docs": result.published[s].num_docs}
-                                   for s in subsets[1:]}}
+    full_extra = {
+        "docs_dropped": full_docs.total_dropped,
+        "subset_files": {s: {"path": result.path(s), "num_docs": result.published[s].num_docs} for s in subsets[1:]},
+    }
     result.published[FULL] = out[FULL].publish_manifest(
-        {**manifest_fields(FULL, common, settings, names[FULL]), **full_extra})
+        {**manifest_fields(FULL, common, settings, names[FULL]), **full_extra}
+    )
     retract(store, shard, settings, [s for s in SUBSETS if s not in subsets])
     return result
 
@@ -219,7 +239,7 @@ def full_manifest(store, shard: str) -> dict | None:
 @dataclass
 class PublishedCheck:
     outcome: Outcome
-    full_lines: list[bytes] | None = None   # the full set's lines, for its GX suite
+    full_lines: list[bytes] | None = None  # the full set's lines, for its GX suite
     checksum_ok: bool = False
     expected_docs: int = 0
     shard_file: str = ""
@@ -234,10 +254,14 @@ def check_published(store, shard: str) -> PublishedCheck:
         combined.rule("full_manifest_missing", 1)
         return PublishedCheck(combined)
     subsets = manifest.get("subset_files", {})
-    files = {FULL: {"path": f"published/{manifest['shard_file']}",
-                    # every deduped document is published or dropped with a counted reason
-                    "num_docs": store.num_rows("deduped_docs", shard) - manifest.get("docs_dropped", 0)},
-             **subsets}
+    files = {
+        FULL: {
+            "path": f"published/{manifest['shard_file']}",
+            # every deduped document is published or dropped with a counted reason
+            "num_docs": store.num_rows("deduped_docs", shard) - manifest.get("docs_dropped", 0),
+        },
+        **subsets,
+    }
     combined.stats["subsets"] = ", ".join(files)
     result = PublishedCheck(combined, shard_file=manifest["shard_file"])
     for subset, entry in files.items():

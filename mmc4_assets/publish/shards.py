@@ -60,7 +60,7 @@ class ShardWriter:
         self.num_docs = self.num_images = 0
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         # a re-publish retracts the old manifest first: readers never pair it with the new zip
         self.store.delete(self.store.path(*self.folder, manifest_name_for(self.zip_name)))
         raw = self._stack.enter_context(self.store.open_atomic(self.store.path(*self.folder, self.zip_name)))
@@ -83,16 +83,29 @@ class ShardWriter:
 
     def publish_manifest(self, manifest_extra: dict[str, Any]) -> PublishedShard:
         manifest_name = manifest_name_for(self.zip_name)
-        manifest = {"shard_file": self.zip_name, "num_docs": self.num_docs, "num_images": self.num_images,
-                    "sha256": self._hashing.sha256.hexdigest(), "bytes": self._hashing.size, **manifest_extra}
-        self.store.write_bytes(self.store.path(*self.folder, manifest_name),
-                               json.dumps(manifest, indent=2, sort_keys=True).encode())
-        return PublishedShard(self.zip_name, manifest_name, self.num_docs, self.num_images,
-                              manifest["sha256"], self._hashing.size)
+        manifest = {
+            "shard_file": self.zip_name,
+            "num_docs": self.num_docs,
+            "num_images": self.num_images,
+            "sha256": self._hashing.sha256.hexdigest(),
+            "bytes": self._hashing.size,
+            **manifest_extra,
+        }
+        self.store.write_bytes(
+            self.store.path(*self.folder, manifest_name), json.dumps(manifest, indent=2, sort_keys=True).encode()
+        )
+        return PublishedShard(
+            self.zip_name, manifest_name, self.num_docs, self.num_images, manifest["sha256"], self._hashing.size
+        )
 
 
-def write_shard(store: ShardStore, zip_name: str, docs: Iterable[dict[str, Any]],
-                manifest_extra: dict[str, Any], folder: Folder = "published") -> PublishedShard:
+def write_shard(
+    store: ShardStore,
+    zip_name: str,
+    docs: Iterable[dict[str, Any]],
+    manifest_extra: dict[str, Any],
+    folder: Folder = "published",
+) -> PublishedShard:
     """Stream documents into the zip, then publish the manifest."""
     with ShardWriter(store, zip_name, folder) as out:
         for doc in docs:
@@ -127,9 +140,12 @@ def read_manifest(store: ShardStore, manifest_name: str, folder: Folder = "publi
 
 
 def iter_shard_lines(store: ShardStore, zip_name: str, folder: Folder = "published") -> Iterator[bytes]:
-    with store.path(*_parts(folder), zip_name).open("rb") as fh, zipfile.ZipFile(fh) as zf:
-        with zf.open(_member_name(zip_name)) as member:
-            yield from member
+    with (
+        store.path(*_parts(folder), zip_name).open("rb") as fh,
+        zipfile.ZipFile(fh) as zf,
+        zf.open(_member_name(zip_name)) as member,
+    ):
+        yield from member
 
 
 def read_shard(store: ShardStore, zip_name: str, folder: Folder = "published") -> list[dict]:

@@ -23,8 +23,11 @@ NEEDS_FACES = (FF, CORE_FF)
 
 
 def keep_images(doc: dict, keep: list[int]) -> dict:
-    return {**doc, "image_info": [doc["image_info"][i] for i in keep],
-            "similarity_matrix": [doc["similarity_matrix"][i] for i in keep]}
+    return {
+        **doc,
+        "image_info": [doc["image_info"][i] for i in keep],
+        "similarity_matrix": [doc["similarity_matrix"][i] for i in keep],
+    }
 
 
 def without_faces(doc: dict, scope: str, docs: StepStats, images: StepStats) -> dict | None:
@@ -84,8 +87,9 @@ def subset_filename(subset: str, shard: str, version: str, core_version: str) ->
     return f"docs_shard_{shard_number(shard)}_{suffix}.jsonl.zip"
 
 
-def subset_versions(doc: dict, subsets: list[str], face_scope: str, rules: CoreRules,
-                    stats: dict[str, tuple[StepStats, StepStats]]) -> dict[str, dict]:
+def subset_versions(
+    doc: dict, subsets: list[str], face_scope: str, rules: CoreRules, stats: dict[str, tuple[StepStats, StepStats]]
+) -> dict[str, dict]:
     """The full-set document and, for each subset asked for, its version there (absent: not in it).
 
     ``stats`` holds (documents, images) counters per subset; core-ff is core of the ff version.

@@ -17,8 +17,7 @@ def funnel_rows(stage_metadata: dict[str, dict[str, Any]]) -> list[dict[str, Any
     rows = []
     raw = stage_metadata.get("raw_c4", {})
     if "num_lines" in raw:
-        rows.append({"stage": "source lines", "documents": int(raw["num_lines"]), "images": None,
-                     "dropped": ""})
+        rows.append({"stage": "source lines", "documents": int(raw["num_lines"]), "images": None, "dropped": ""})
     for stage in STAGES:
         md = stage_metadata.get(stage)
         if md is None:
@@ -30,8 +29,9 @@ def funnel_rows(stage_metadata: dict[str, dict[str, Any]]) -> list[dict[str, Any
             if m and m.group(2) not in ("reasons",) and isinstance(value, (int, float)) and value:
                 what = "docs" if m.group(1) == "docs" else "images"
                 drops.append(f"{m.group(2)}: {int(value)} {what}")
-        rows.append({"stage": stage, "documents": _int(md.get("num_docs")), "images": _int(images),
-                     "dropped": ", ".join(drops)})
+        rows.append(
+            {"stage": stage, "documents": _int(md.get("num_docs")), "images": _int(images), "dropped": ", ".join(drops)}
+        )
     return rows
 
 

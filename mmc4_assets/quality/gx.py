@@ -34,19 +34,13 @@ _CDN = {
     "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.min.js",
     "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": "bootstrap-table.min.css",
     "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": "bootstrap-table.min.js",
-    "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js":
-        "bootstrap-table-filter-control.min.js",
-    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css":
-        "bootstrap-table-filter-control.min.css",
-    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css":
-        "bootstrap-table-filter-control.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js": "bootstrap-table-filter-control.min.js",  # noqa: E501
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css": "bootstrap-table-filter-control.min.css",  # noqa: E501
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css": "bootstrap-table-filter-control.min.css",  # noqa: E501
     "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": "fontawesome/css/all.min.css",
-    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
-        "bootstrap-datepicker.min.css",
-    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js":
-        "bootstrap-datepicker.min.js",
-    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css":
-        "bootstrap-prefers-dark.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css": "bootstrap-datepicker.min.css",  # noqa: E501
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js": "bootstrap-datepicker.min.js",  # noqa: E501
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css": "bootstrap-prefers-dark.min.css",  # noqa: E501
 }
 _DROPPED = re.compile(r'<script src="https://cdn\.jsdelivr\.net/npm/vega[^"]*"></script>\s*')
 
@@ -58,8 +52,11 @@ def localize_page(page: Path, site_root: Path) -> None:
     out = _DROPPED.sub("", html)
     static = prefix.rsplit("/", 1)[0]
     # the navbar's logo is fetched from GX's bucket: the site's own copy instead
-    out = re.sub(r'src="https://great-expectations-web-assets[^"]*/logo-long\.png[^"]*"',
-                 f'src="{static}/images/logo-long.png"', out)
+    out = re.sub(
+        r'src="https://great-expectations-web-assets[^"]*/logo-long\.png[^"]*"',
+        f'src="{static}/images/logo-long.png"',
+        out,
+    )
     # GX links the favicon one level short on validation pages
     out = re.sub(r'href="(?:\.\./)*static/images/favicon\.ico"', f'href="{static}/images/favicon.ico"', out)
     for url, local in _CDN.items():
@@ -88,8 +85,7 @@ class ExpectationOutcome:
     def message(self) -> str:
         from mmc4_assets.quality.messages import expectation_message
 
-        return expectation_message(self.expectation, self.column, self.kwargs, self.unexpected_count,
-                                   self.observed)
+        return expectation_message(self.expectation, self.column, self.kwargs, self.unexpected_count, self.observed)
 
 
 @dataclass
@@ -106,9 +102,11 @@ class SuiteOutcome:
     def as_markdown(self) -> str:
         lines = ["| expectation | column | ok | unexpected | observed |", "|---|---|---|---:|---|"]
         for r in self.results:
-            lines.append(f"| {r.expectation} | {r.column or ''} | {'✅' if r.success else '❌'} | "
-                         f"{'' if r.unexpected_count is None else r.unexpected_count} | "
-                         f"{'' if r.observed is None else str(r.observed)[:60]} |")
+            lines.append(
+                f"| {r.expectation} | {r.column or ''} | {'✅' if r.success else '❌'} | "
+                f"{'' if r.unexpected_count is None else r.unexpected_count} | "
+                f"{'' if r.observed is None else str(r.observed)[:60]} |"
+            )
         return "\n".join(lines)
 
 
@@ -171,12 +169,15 @@ class GXRunner:
             suite.add_expectation(expectation)
         suite = ctx.suites.add_or_update(suite)
         definition = ctx.validation_definitions.add_or_update(
-            gx.ValidationDefinition(data=batch_def, suite=suite, name=suite_name))
-        return ctx.checkpoints.add_or_update(gx.Checkpoint(
-            name=suite_name, validation_definitions=[definition], actions=[]))
+            gx.ValidationDefinition(data=batch_def, suite=suite, name=suite_name)
+        )
+        return ctx.checkpoints.add_or_update(
+            gx.Checkpoint(name=suite_name, validation_definitions=[definition], actions=[])
+        )
 
-    def validate(self, suite_name: str, run_name: str, frame, expectations: list,
-                 run_id: str | None = None) -> SuiteOutcome:
+    def validate(
+        self, suite_name: str, run_name: str, frame, expectations: list, run_id: str | None = None
+    ) -> SuiteOutcome:
         """Validate a pandas frame against expectations built by ``mmc4_assets.quality.suites``.
 
         ``suite_name`` is the asset, ``run_name`` the partition key; ``run_id`` (Dagster's)
@@ -187,8 +188,7 @@ class GXRunner:
         with self._lock, self._process_lock():
             ctx = self._ctx()
             checkpoint = self._validation(ctx, suite_name, expectations)
-            result = checkpoint.run(batch_parameters={"dataframe": frame},
-                                    run_id=RunIdentifier(run_name=run_name))
+            result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name))
             outcome = SuiteOutcome(suite=suite_name, success=bool(result.success))
             for identifier, run in result.run_results.items():
                 # a whole-dataframe batch names no data asset: the page would say "Data asset: None"
@@ -200,10 +200,16 @@ class GXRunner:
                 for r in run.results:
                     cfg = r.expectation_config
                     res = r.result or {}
-                    outcome.results.append(ExpectationOutcome(
-                        expectation=cfg.type, column=cfg.kwargs.get("column"), success=bool(r.success),
-                        unexpected_count=res.get("unexpected_count"), observed=res.get("observed_value"),
-                        kwargs={k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"}))
+                    outcome.results.append(
+                        ExpectationOutcome(
+                            expectation=cfg.type,
+                            column=cfg.kwargs.get("column"),
+                            success=bool(r.success),
+                            unexpected_count=res.get("unexpected_count"),
+                            observed=res.get("observed_value"),
+                            kwargs={k: v for k, v in dict(cfg.kwargs).items() if k != "batch_id"},
+                        )
+                    )
                 if self.build_docs:
                     outcome.docs_url = self._build_docs(ctx, identifier)
             return outcome

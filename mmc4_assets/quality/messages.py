@@ -39,8 +39,7 @@ RULE_TEXT: dict[str, str] = {
     # assignments
     "matched_text_index_outside_text_list": "document(s) with a matched_text_index outside text_list",
     "matched_sim_below_min": "document(s) with a matched_sim below the minimum",
-    "sentence_shared_outside_surplus_rule": "document(s) where one sentence holds two images outside the "
-                                            "surplus rule",
+    "sentence_shared_outside_surplus_rule": "document(s) where one sentence holds two images outside the surplus rule",
     "matrix_rows_not_images": "document(s) whose similarity_matrix rows are not its images",
     "doc_without_images": "document(s) without images",
     # deduped_docs
@@ -64,7 +63,7 @@ def reason_counts(counts: Mapping[str, int] | Iterable[tuple[str, int]], limit: 
 
 
 def rule_message(name: str, offending: int) -> str:
-    """"2 row(s) sharing a doc_id"; a subset prefix ("ff:checksum_mismatch") is kept in front."""
+    """ "2 row(s) sharing a doc_id"; a subset prefix ("ff:checksum_mismatch") is kept in front."""
     prefix, _, base = name.rpartition(":")
     phrase = RULE_TEXT.get(base, f"row(s) breaking {base}")
     return f"{prefix + ': ' if prefix else ''}{offending} {phrase}"
@@ -77,8 +76,9 @@ def _bounds(kw: Mapping[str, Any]) -> str:
     return f"at least {lo}" if lo is not None else f"at most {hi}"
 
 
-def expectation_message(expectation: str, column: str | None, kwargs: Mapping[str, Any] | None,
-                        unexpected: int | None, observed: Any) -> str:
+def expectation_message(
+    expectation: str, column: str | None, kwargs: Mapping[str, Any] | None, unexpected: int | None, observed: Any
+) -> str:
     """A failed GX expectation in words, e.g. "table has 0 rows, expected at least 1"."""
     kw = dict(kwargs or {})
     n = f"{unexpected} row(s)" if unexpected is not None else "rows"
@@ -101,12 +101,19 @@ def expectation_message(expectation: str, column: str | None, kwargs: Mapping[st
         return f"{n} where {kw.get('column_A')} != {kw.get('column_B')}"
     if kind == "column_pair_values_a_to_be_greater_than_b":
         return f"{n} where {kw.get('column_A')} <= {kw.get('column_B')}"
-    return f"{expectation}({column or ''}) failed" + (f" ({n})" if unexpected is not None else "") + \
-        (f", observed {observed}" if observed is not None else "")
+    return (
+        f"{expectation}({column or ''}) failed"
+        + (f" ({n})" if unexpected is not None else "")
+        + (f", observed {observed}" if observed is not None else "")
+    )
 
 
-def describe(summary: str, failures: Mapping[str, int], messages: Mapping[str, str] | None = None,
-             expectations: Iterable[str] = ()) -> str:
+def describe(
+    summary: str,
+    failures: Mapping[str, int],
+    messages: Mapping[str, str] | None = None,
+    expectations: Iterable[str] = (),
+) -> str:
     """The check description: the summary, then each failing rule and expectation in words."""
     messages = messages or {}
     parts = [messages.get(k) or rule_message(k, v) for k, v in failures.items() if v]

@@ -24,11 +24,11 @@ _SOURCE_BROKEN = ("truncated_source", "corrupt_source")
 
 @dataclass
 class Outcome:
-    failures: dict[str, int] = field(default_factory=dict)   # rule -> offending rows
+    failures: dict[str, int] = field(default_factory=dict)  # rule -> offending rows
     examples: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
-    summary: str = ""   # one line on what the partition holds, leading every description
-    messages: dict[str, str] = field(default_factory=dict)   # rule -> its own words, when given
+    summary: str = ""  # one line on what the partition holds, leading every description
+    messages: dict[str, str] = field(default_factory=dict)  # rule -> its own words, when given
 
     @property
     def passed(self) -> bool:
@@ -59,18 +59,25 @@ def _first(frame: pl.DataFrame, col: str = "doc_id") -> Any:
     return frame[col][0] if frame.height else None
 
 
-def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int | None,
-                 allow_truncated_source: bool = False, image_drops: dict[str, int] | None = None,
-                 images_kept: int | None = None) -> Outcome:
+def raw_c4_rules(
+    docs: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    lines_read: int | None,
+    allow_truncated_source: bool = False,
+    image_drops: dict[str, int] | None = None,
+    images_kept: int | None = None,
+) -> Outcome:
     out = Outcome(stats={"docs": docs.height, "quarantined": quarantine.height})
     reasons = dict(quarantine.group_by("reason").len().iter_rows()) if quarantine.height else {}
     lines = lines_read if lines_read is not None else docs.height + quarantine.height
-    out.summary = f"{docs.height} documents: {quarantine.height} of {lines} lines quarantined" + \
-        (f" ({reason_counts(reasons)})" if reasons else "")
+    out.summary = f"{docs.height} documents: {quarantine.height} of {lines} lines quarantined" + (
+        f" ({reason_counts(reasons)})" if reasons else ""
+    )
     if image_drops is not None and images_kept is not None:
         total = images_kept + sum(image_drops.values())
-        out.summary += f"; {images_kept} of {total} image URLs pass the URL filter" + \
-            (f" ({reason_counts(image_drops)})" if any(image_drops.values()) else "")
+        out.summary += f"; {images_kept} of {total} image URLs pass the URL filter" + (
+            f" ({reason_counts(image_drops)})" if any(image_drops.values()) else ""
+        )
     out.rule("no_documents", int(docs.height == 0), message="no document to pass on")
     # a source that ended early publishes only its first part: blocking unless allowed
     broken = quarantine.filter(pl.col("reason").is_in(_SOURCE_BROKEN))
@@ -78,12 +85,20 @@ def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int |
     out.stats["truncated_source_allowed"] = allow_truncated_source
     if detail:
         out.stats["source_error"] = detail
-    out.rule("source_broken", 0 if allow_truncated_source else broken.height, detail,
-             message=f"source shard cut short or corrupt ({detail}); set "
-                     f"allow_truncated_source to publish the lines read before it")
+    out.rule(
+        "source_broken",
+        0 if allow_truncated_source else broken.height,
+        detail,
+        message=f"source shard cut short or corrupt ({detail}); set "
+        f"allow_truncated_source to publish the lines read before it",
+    )
     not_gzip = quarantine.filter(pl.col("reason") == "not_gzip")
-    out.rule("source_not_gzip", not_gzip.height, _first(not_gzip, "raw"),
-             message=f"source shard is not gzip ({_first(not_gzip, 'raw')})")
+    out.rule(
+        "source_not_gzip",
+        not_gzip.height,
+        _first(not_gzip, "raw"),
+        message=f"source shard is not gzip ({_first(not_gzip, 'raw')})",
+    )
     out.rule("null_url_or_text", docs.filter(pl.col("url").is_null() | pl.col("text_list").is_null()).height)
     dup = docs.filter(pl.col("doc_id").is_duplicated())
     out.rule("duplicate_doc_id", dup.height, _first(dup))
@@ -97,16 +112,24 @@ def raw_c4_rules(docs: pl.DataFrame, quarantine: pl.DataFrame, lines_read: int |
     return out
 
 
-def fetched_images_rules(fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side: int,
-                         max_aspect: float, max_side: int) -> Outcome:
+def fetched_images_rules(
+    fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side: int, max_aspect: float, max_side: int
+) -> Outcome:
     expected = raw_docs.select(pl.col("image_urls").list.len().sum()).item() or 0
     ok = fetched.filter(pl.col("status") == "ok")
-    out = Outcome(stats={"candidates": fetched.height, "ok": ok.height,
-                         "success_rate": round(ok.height / fetched.height, 4) if fetched.height else 0.0})
-    failed = dict(fetched.filter(pl.col("status") != "ok").group_by("status").len().iter_rows()) \
-        if fetched.height else {}
-    out.summary = f"{ok.height} of {fetched.height} candidate images fetched ok" + \
-        (f" ({reason_counts({str(k): v for k, v in failed.items()})})" if failed else "")
+    out = Outcome(
+        stats={
+            "candidates": fetched.height,
+            "ok": ok.height,
+            "success_rate": round(ok.height / fetched.height, 4) if fetched.height else 0.0,
+        }
+    )
+    failed = (
+        dict(fetched.filter(pl.col("status") != "ok").group_by("status").len().iter_rows()) if fetched.height else {}
+    )
+    out.summary = f"{ok.height} of {fetched.height} candidate images fetched ok" + (
+        f" ({reason_counts({str(k): v for k, v in failed.items()})})" if failed else ""
+    )
     out.rule("no_image_ok", int(ok.height == 0), message="no candidate image was fetched ok")
     out.rule("rows_vs_raw_c4_candidates", abs(fetched.height - expected))
     dup_keys = fetched.filter(pl.struct("doc_id", "image_index").is_duplicated())
@@ -125,8 +148,10 @@ def fetched_images_rules(fetched: pl.DataFrame, raw_docs: pl.DataFrame, min_side
 
 
 def clip_scores_rules(scores: pl.DataFrame, features: pl.DataFrame) -> Outcome:
-    out = Outcome(stats={"docs": scores.height, "distinct_images": features.height},
-                  summary=f"{scores.height} documents scored, {features.height} distinct images")
+    out = Outcome(
+        stats={"docs": scores.height, "distinct_images": features.height},
+        summary=f"{scores.height} documents scored, {features.height} distinct images",
+    )
     shape_bad = range_bad = 0
     example = None
     for row in scores.select("doc_id", "text_list", "images", "similarity_matrix").iter_rows(named=True):
@@ -168,8 +193,10 @@ def assignments_rules(assigned: pl.DataFrame, min_sim: float) -> Outcome:
         if any(max(r) < min_sim - 1e-6 for r in row["similarity_matrix"]):
             below += 1
             example = example or row["doc_id"]
-        if any(abs(im["matched_sim"] - r[im["matched_text_index"]]) > 1e-6
-               for im, r in zip(row["image_info"], row["similarity_matrix"])):
+        if any(
+            abs(im["matched_sim"] - r[im["matched_text_index"]]) > 1e-6
+            for im, r in zip(row["image_info"], row["similarity_matrix"])
+        ):
             not_entry += 1
             example = example or row["doc_id"]
         # a sentence may hold several images only through the surplus rule
@@ -188,12 +215,17 @@ def assignments_rules(assigned: pl.DataFrame, min_sim: float) -> Outcome:
 
 # -- MMC4's assignment, checked on a published document ------------------------------------
 
-ASSIGNMENT_PROBLEMS = ("matched_sim_not_matrix_entry", "total_not_optimal", "surplus_rule_broken",
-                       "best_sim_below_min")
+ASSIGNMENT_PROBLEMS = ("matched_sim_not_matrix_entry", "total_not_optimal", "surplus_rule_broken", "best_sim_below_min")
 
 
-def assignment_problems(matrix: Any, matched_text_index: list[int], matched_sim: list[float],
-                        min_sim: float, rule: str = "mmc4", atol: float = 1e-6) -> list[str]:
+def assignment_problems(
+    matrix: Any,
+    matched_text_index: list[int],
+    matched_sim: list[float],
+    min_sim: float,
+    rule: str = "mmc4",
+    atol: float = 1e-6,
+) -> list[str]:
     """What in one document's assignment differs from MMC4's rule (empty: it conforms).
 
     ``matrix`` is the images x sentences similarity matrix as published. The checks:
@@ -248,16 +280,23 @@ def assignment_problems(matrix: Any, matched_text_index: list[int], matched_sim:
 
 def published_assignment_rules(lines: list[bytes], min_sim: float, rule: str = "mmc4") -> Outcome:
     """Every document of a published full-set shard carries MMC4's assignment (assignment_problems)."""
-    out = Outcome(stats={"assignment_rule": rule, "min_similarity": min_sim},
-                  summary=f"{len(lines)} published documents checked against the {rule} assignment")
+    out = Outcome(
+        stats={"assignment_rule": rule, "min_similarity": min_sim},
+        summary=f"{len(lines)} published documents checked against the {rule} assignment",
+    )
     counts = dict.fromkeys(ASSIGNMENT_PROBLEMS + (("matched_sim_below_min",) if rule != "mmc4" else ()), 0)
     examples: dict[str, str] = {}
     for i, line in enumerate(lines):
         try:
             doc = json.loads(line)
             images = doc["image_info"]
-            found = assignment_problems(doc["similarity_matrix"], [im["matched_text_index"] for im in images],
-                                        [im["matched_sim"] for im in images], min_sim, rule)
+            found = assignment_problems(
+                doc["similarity_matrix"],
+                [im["matched_text_index"] for im in images],
+                [im["matched_sim"] for im in images],
+                min_sim,
+                rule,
+            )
         except (ValueError, KeyError, TypeError):
             continue  # unparsable or malformed lines are published_rules' findings
         for p in found:
@@ -283,8 +322,10 @@ def deduped_docs_rules(docs: pl.DataFrame, threshold: int) -> Outcome:
 
 
 def published_rules(lines: list[bytes], manifest: dict, actual_sha256: str, expected_docs: int) -> Outcome:
-    out = Outcome(stats={"lines": len(lines), "expected_docs": expected_docs},
-                  summary=f"{len(lines)} documents published, {expected_docs} expected")
+    out = Outcome(
+        stats={"lines": len(lines), "expected_docs": expected_docs},
+        summary=f"{len(lines)} documents published, {expected_docs} expected",
+    )
     unparsable = invalid = 0
     example = None
     for i, line in enumerate(lines):

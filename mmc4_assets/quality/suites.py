@@ -48,7 +48,8 @@ def _gx():
 # -- raw_c4 ------------------------------------------------------------------------------
 def raw_c4_frame(docs: pl.DataFrame, url_filter_drop_share: float):
     return docs.select(
-        "doc_id", "url",
+        "doc_id",
+        "url",
         pl.col("text_list").list.len().alias("n_sentences"),
         pl.col("image_urls").list.len().alias("n_candidates"),
         pl.lit(url_filter_drop_share).alias("url_filter_drop_share"),
@@ -64,8 +65,9 @@ def raw_c4_expectations(t: Thresholds) -> list:
         e.ExpectColumnValuesToBeUnique(column="doc_id"),
         e.ExpectColumnValuesToBeBetween(column="n_sentences", min_value=1),
         e.ExpectColumnValuesToBeBetween(column="n_candidates", min_value=1),
-        e.ExpectColumnValuesToBeBetween(column="url_filter_drop_share", min_value=0.0,
-                                        max_value=t.max_url_filter_drop_share),
+        e.ExpectColumnValuesToBeBetween(
+            column="url_filter_drop_share", min_value=0.0, max_value=t.max_url_filter_drop_share
+        ),
     ]
 
 
@@ -74,7 +76,10 @@ def fetched_images_frame(fetched: pl.DataFrame):
     success = fetched.select((pl.col("status") == "ok").mean()).item() if fetched.height else 0.0
     ok = fetched.filter(pl.col("status") == "ok")
     return ok.select(
-        "doc_id", "image_index", "raw_url", "image_name",
+        "doc_id",
+        "image_index",
+        "raw_url",
+        "image_name",
         pl.min_horizontal("orig_width", "orig_height").alias("orig_min_side"),
         (pl.col("orig_width") / pl.col("orig_height")).alias("orig_aspect"),
         pl.max_horizontal("width", "height").alias("longer_side"),
@@ -88,8 +93,7 @@ def fetched_images_expectations(t: Thresholds) -> list:
         e.ExpectTableRowCountToBeBetween(min_value=1),
         e.ExpectColumnValuesToBeBetween(column="success_rate", min_value=t.min_fetch_success_rate),
         e.ExpectColumnValuesToBeBetween(column="orig_min_side", min_value=t.min_side),
-        e.ExpectColumnValuesToBeBetween(column="orig_aspect", min_value=1 / t.max_aspect,
-                                        max_value=t.max_aspect),
+        e.ExpectColumnValuesToBeBetween(column="orig_aspect", min_value=1 / t.max_aspect, max_value=t.max_aspect),
         e.ExpectColumnValuesToBeBetween(column="longer_side", max_value=t.max_side),
         e.ExpectColumnValuesToNotBeNull(column="image_name"),
         # exact copies under two URLs are legitimate here; deduped_docs removes them
@@ -104,18 +108,35 @@ def clip_scores_frame(scores: pl.DataFrame, features: pl.DataFrame):
     for r in scores.select("doc_id", "text_list", "images", "similarity_matrix").iter_rows(named=True):
         m = np.asarray(r["similarity_matrix"], dtype=np.float64)
         shape = m.shape if m.ndim == 2 else (len(r["similarity_matrix"]), -1)
-        rows.append({"doc_id": r["doc_id"], "n_images": len(r["images"]), "n_sentences": len(r["text_list"]),
-                     "matrix_rows": shape[0], "matrix_cols": shape[1],
-                     "all_finite": bool(np.isfinite(m).all()),
-                     "min_sim": float(np.nanmin(m)) if m.size else 0.0,
-                     "max_sim": float(np.nanmax(m)) if m.size else 0.0})
+        rows.append(
+            {
+                "doc_id": r["doc_id"],
+                "n_images": len(r["images"]),
+                "n_sentences": len(r["text_list"]),
+                "matrix_rows": shape[0],
+                "matrix_cols": shape[1],
+                "all_finite": bool(np.isfinite(m).all()),
+                "min_sim": float(np.nanmin(m)) if m.size else 0.0,
+                "max_sim": float(np.nanmax(m)) if m.size else 0.0,
+            }
+        )
     norm_error = 0.0
     if features.height:
         emb = np.asarray(features["embedding"].to_list(), dtype=np.float64)
         norm_error = float(np.abs(np.linalg.norm(emb, axis=1) - 1).max())
-    frame = pl.DataFrame(rows, schema={"doc_id": pl.String, "n_images": pl.Int64, "n_sentences": pl.Int64,
-                                       "matrix_rows": pl.Int64, "matrix_cols": pl.Int64,
-                                       "all_finite": pl.Boolean, "min_sim": pl.Float64, "max_sim": pl.Float64})
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "doc_id": pl.String,
+            "n_images": pl.Int64,
+            "n_sentences": pl.Int64,
+            "matrix_rows": pl.Int64,
+            "matrix_cols": pl.Int64,
+            "all_finite": pl.Boolean,
+            "min_sim": pl.Float64,
+            "max_sim": pl.Float64,
+        },
+    )
     return frame.with_columns(pl.lit(norm_error).alias("max_embedding_norm_error")).to_pandas()
 
 
@@ -133,16 +154,23 @@ def clip_scores_expectations(t: Thresholds) -> list:
 
 # -- assignments ---------------------------------------------------------------------------
 def assignments_frame(assigned: pl.DataFrame):
-    frame = (assigned.select("doc_id", pl.col("text_list").list.len().alias("n_sentences"), "image_info",
-                             "similarity_matrix")
-             .explode("image_info", "similarity_matrix").unnest("image_info"))
+    frame = (
+        assigned.select(
+            "doc_id", pl.col("text_list").list.len().alias("n_sentences"), "image_info", "similarity_matrix"
+        )
+        .explode("image_info", "similarity_matrix")
+        .unnest("image_info")
+    )
     return frame.select(
-        "doc_id", "n_sentences", "matched_text_index", "matched_sim", "surplus",
+        "doc_id",
+        "n_sentences",
+        "matched_text_index",
+        "matched_sim",
+        "surplus",
         # MMC4 keeps an image on its best sentence's similarity; the matched pair may be lower
         pl.col("similarity_matrix").list.max().alias("best_sim"),
         # a sentence holds one image, surplus images aside: the non-surplus keys are unique
-        pl.when(~pl.col("surplus")).then(pl.format("{}#{}", "doc_id", "matched_text_index"))
-          .alias("sentence_key"),
+        pl.when(~pl.col("surplus")).then(pl.format("{}#{}", "doc_id", "matched_text_index")).alias("sentence_key"),
     ).to_pandas()
 
 
@@ -162,11 +190,13 @@ def deduped_docs_frame(docs: pl.DataFrame):
     rows = []
     for r in docs.select("doc_id", "image_info").iter_rows(named=True):
         hashes = [im["phash"] for im in r["image_info"]]
-        dists = [hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]]
-        rows.append({"doc_id": r["doc_id"], "n_images": len(hashes),
-                     "min_phash_distance": min(dists) if dists else None})
-    return pl.DataFrame(rows, schema={"doc_id": pl.String, "n_images": pl.Int64,
-                                      "min_phash_distance": pl.Int64}).to_pandas()
+        dists = [hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1 :]]
+        rows.append(
+            {"doc_id": r["doc_id"], "n_images": len(hashes), "min_phash_distance": min(dists) if dists else None}
+        )
+    return pl.DataFrame(
+        rows, schema={"doc_id": pl.String, "n_images": pl.Int64, "min_phash_distance": pl.Int64}
+    ).to_pandas()
 
 
 def deduped_docs_expectations(t: Thresholds) -> list:

@@ -107,13 +107,13 @@ class SampleImageServer(LoopbackServer):
         self.directory = Path(directory if directory is not None else sample_images_dir()).resolve()
         super().__init__(routes=[web.get("/{path:.*}", self._serve)], name="sample-image-server")
 
-    def start(self) -> "SampleImageServer":
+    def start(self) -> SampleImageServer:
         if not self.running and not self.directory.is_dir():
             raise FileNotFoundError(f"sample image directory not found: {self.directory}")
         super().start()
         return self
 
-    def __enter__(self) -> "SampleImageServer":
+    def __enter__(self) -> SampleImageServer:
         return self.start()
 
     async def _serve(self, request: web.Request) -> web.Response:

@@ -12,13 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 
-def s3fs_storage_options(*, endpoint_url: str | None = None, region_name: str | None = None,
-                         aws_access_key_id: str | None = None,
-                         aws_secret_access_key: str | None = None,
-                         aws_session_token: str | None = None, profile_name: str | None = None,
-                         use_unsigned_session: bool = False, use_ssl: bool = True,
-                         verify: bool | None = None, max_attempts: int | None = None,
-                         **_ignored: Any) -> dict[str, Any]:
+def s3fs_storage_options(
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    aws_session_token: str | None = None,
+    profile_name: str | None = None,
+    use_unsigned_session: bool = False,
+    use_ssl: bool = True,
+    verify: bool | None = None,
+    max_attempts: int | None = None,
+    **_ignored: Any,
+) -> dict[str, Any]:
     """``storage_options`` for ``UPath("s3://...", **options)`` / ``s3fs.S3FileSystem``."""
     opts: dict[str, Any] = {}
     client: dict[str, Any] = {}

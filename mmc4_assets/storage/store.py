@@ -43,19 +43,23 @@ from upath import UPath
 _LOCAL_PROTOCOLS = ("", "file", "local")
 TMP_PREFIX = ".tmp-"
 DEFAULT_TEMP_MAX_AGE = 24 * 3600.0
-PARAMS_KEY = b"mmc4_params"   # parquet key-value metadata: the parameters a table was made with
+PARAMS_KEY = b"mmc4_params"  # parquet key-value metadata: the parameters a table was made with
 log = logging.getLogger(__name__)
 
 
 class ShardStore:
     """Per-shard tables and blobs under one root; ``storage_options`` go to fsspec (s3fs)."""
 
-    def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None,
-                 temp_max_age: float | None = DEFAULT_TEMP_MAX_AGE):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        storage_options: dict[str, Any] | None = None,
+        temp_max_age: float | None = DEFAULT_TEMP_MAX_AGE,
+    ):
         self.storage_options = dict(storage_options or {})
         self.root = UPath(str(root), **self.storage_options)
         self.is_local = self.root.protocol in _LOCAL_PROTOCOLS
-        self.temp_max_age = temp_max_age   # None: never sweep
+        self.temp_max_age = temp_max_age  # None: never sweep
         self._swept: set[str] = set()
 
     def __repr__(self) -> str:
@@ -88,10 +92,10 @@ class ShardStore:
             try:
                 yield fh
             except BaseException:
-                fh.discard()       # aborts a started multipart upload; nothing was PUT yet otherwise
-                fh.closed = True   # so close() cannot flush the partial buffer as a real object
+                fh.discard()  # aborts a started multipart upload; nothing was PUT yet otherwise
+                fh.closed = True  # so close() cannot flush the partial buffer as a real object
                 raise
-            fh.close()             # the single PUT, or CompleteMultipartUpload
+            fh.close()  # the single PUT, or CompleteMultipartUpload
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         local = Path(target.path)
@@ -138,8 +142,9 @@ class ShardStore:
 
     # -- tables ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def table_writer(self, table: str, shard: str, schema: dict,
-                     params: dict[str, Any] | None = None) -> Iterator[TableWriter]:
+    def table_writer(
+        self, table: str, shard: str, schema: dict, params: dict[str, Any] | None = None
+    ) -> Iterator[TableWriter]:
         """Write a table; ``params`` (JSON-able; ``writer.params`` may grow until the block ends)
         travel in its parquet key-value metadata, see read_table_params."""
         with self.open_atomic(self.table_path(table, shard)) as fh:
@@ -149,8 +154,7 @@ class ShardStore:
             finally:
                 writer.close()
 
-    def write_table(self, table: str, shard: str, frame: pl.DataFrame,
-                    params: dict[str, Any] | None = None) -> None:
+    def write_table(self, table: str, shard: str, frame: pl.DataFrame, params: dict[str, Any] | None = None) -> None:
         with self.table_writer(table, shard, dict(frame.schema), params) as out:
             out.write(frame)
 
@@ -177,8 +181,9 @@ class ShardStore:
         # pyarrow wraps the fsspec filesystem, so the store's credentials and endpoint apply
         return pl.scan_pyarrow_dataset(ds.dataset(path.path, filesystem=path.fs, format="parquet"))
 
-    def iter_batches(self, table: str, shard: str, columns: list[str] | None = None,
-                     batch_size: int = 2048) -> Iterator[pl.DataFrame]:
+    def iter_batches(
+        self, table: str, shard: str, columns: list[str] | None = None, batch_size: int = 2048
+    ) -> Iterator[pl.DataFrame]:
         """Row batches of a stored table; memory is bounded by the batch, not the shard."""
         with self.table_path(table, shard).open("rb") as fh:
             for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size, columns=columns):
@@ -205,10 +210,14 @@ def sweep_temp_files(folder: str | os.PathLike, older_than: float, now: float | 
                 os.unlink(entry.path)
                 removed.append(entry.name)
         except FileNotFoundError:
-            pass   # another process swept it first
+            pass  # another process swept it first
     if removed:
-        log.info("removed %d temporary file(s) of killed writes from %s: %s", len(removed), folder,
-                 ", ".join(sorted(removed)[:5]))
+        log.info(
+            "removed %d temporary file(s) of killed writes from %s: %s",
+            len(removed),
+            folder,
+            ", ".join(sorted(removed)[:5]),
+        )
     return removed
 
 
@@ -217,9 +226,8 @@ class TableWriter:
 
     def __init__(self, fh: Any, schema: dict, buffer_rows: int = 4096, params: dict[str, Any] | None = None):
         self._schema = pl.Schema(schema)
-        self._writer = pq.ParquetWriter(fh, pl.DataFrame(schema=self._schema).to_arrow().schema,
-                                        compression="zstd")
-        self.params = dict(params) if params is not None else None   # written at close
+        self._writer = pq.ParquetWriter(fh, pl.DataFrame(schema=self._schema).to_arrow().schema, compression="zstd")
+        self.params = dict(params) if params is not None else None  # written at close
         self._buffer: list[dict] = []
         self._buffer_rows = buffer_rows
         self.rows = 0
