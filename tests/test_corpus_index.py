@@ -291,7 +291,9 @@ def _in_memory_edges(shared, changed, id_to_shard, read, threshold, scheme):
 
 def _signed_shards(seed=5, shards=6, docs=40):
     """Fingerprints with random signatures and near-copies across shards: exact copies (all 16
-    bands shared), close ones (Jaccard ~0.95) and far ones (~0.7: they share bands, fail the check)."""
+    bands shared), close ones (Jaccard ~0.95), copies sharing exactly one band (one entry redrawn
+    in each other band: Jaccard 0.88, found in one bucket only) and far ones (~0.7: they share
+    bands, fail the check)."""
     from mmc4_assets.dedup.doc_index import SCHEME, fingerprint_schema
 
     rng = np.random.default_rng(seed)
@@ -302,6 +304,11 @@ def _signed_shards(seed=5, shards=6, docs=40):
             sigs[s][j] = src
             flip = rng.random(SCHEME.num_perm) < redraw
             sigs[s][j, flip] = rng.integers(0, 2**32, flip.sum(), dtype=np.uint32)
+        for j in range(8, 20):  # one band kept, one entry of every other band redrawn
+            sigs[s][j] = sigs[int(rng.integers(0, s))][int(rng.integers(4, docs))]
+            kept = int(rng.integers(0, SCHEME.bands))
+            cols = [b * SCHEME.rows + int(rng.integers(0, SCHEME.rows)) for b in range(SCHEME.bands) if b != kept]
+            sigs[s][j, cols] += np.uint32(1)
     return {f"s{s}": pl.DataFrame({"doc_id": [f"s{s}:{d}" for d in range(docs)],
                                    "url_key": np.arange(docs, dtype=np.uint64) + 1000 * s, "candidate": [True] * docs,
                                    "signature": pl.Series(sigs[s], dtype=fingerprint_schema()["signature"])},
@@ -318,7 +325,7 @@ def test_bucketed_pair_check_equals_the_in_memory_one(monkeypatch, changed):
     id_to_shard = {i: shard for shard, i in ids.items()}
     band = pl.concat([di.doc_band_rows(fp).with_columns(shard=pl.lit(ids[s], pl.UInt32)) for s, fp in tables.items()])
     postings = (band.group_by("key").agg(n=pl.len().cast(pl.UInt32), shards=pl.col("shard").unique().sort()))
-    monkeypatch.setattr(di, "PAIR_BUCKET_ROWS", 16)  # the pair check splits into many buckets
+    monkeypatch.setattr(di, "PAIR_BUCKET_ROWS", 100)  # the pair check splits into 4-8 buckets
     with BucketSpill(di.SHARED_ROWS, by="shard") as shared:
         di.shared_key_sink(shared, [ids[s] for s in changed])(postings)
         streamed, read_streamed = di.near_duplicate_edges(shared, changed, id_to_shard, Reader(tables), 0.8)
@@ -331,6 +338,7 @@ def test_bucketed_pair_check_equals_the_in_memory_one(monkeypatch, changed):
     assert read_streamed == read_reference
     # the generator made what the check must tell apart: exact and close copies kept, far ones refused
     assert reference.height >= 10 and (reference["jaccard"] == 1.0).any() and (reference["jaccard"] < 1.0).any()
+    assert (reference["jaccard"] == np.float32(113 / 128)).any()  # a copy sharing a single band
     shared_pairs = band.join(band, on="key").filter(pl.col("doc_id") < pl.col("doc_id_right"))
     assert shared_pairs.select("doc_id", "doc_id_right").unique().height > reference.height
     keys = band.join(reference.select(doc_id="b_doc"), on="doc_id", how="semi")["key"]
