@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, SPILL_PARTS, BucketSpill, CorpusState, CorpusUpdate, flipped_shards,
-                                            over_set_changes, plan, update_key_index, update_over_limit)
+from mmc4_assets.dedup.corpus_state import (POSTINGS, SPILL_PARTS, BucketSpill, CorpusState, CorpusUpdate,
+                                            flipped_shards, over_set_changes, plan, update_key_index,
+                                            update_over_limit)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
 from mmc4_assets.engine import map_ordered
