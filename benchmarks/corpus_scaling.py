@@ -17,6 +17,7 @@ recompute with ``--engine``) are separate processes: their peak is reported apar
     .venv/bin/python benchmarks/corpus_scaling.py                       # 100, 1000, 5000 shards
     .venv/bin/python benchmarks/corpus_scaling.py --shards 100,1000 --keys-per-shard 20000
     .venv/bin/python benchmarks/corpus_scaling.py --engine              # full recomputes on Dask
+    .venv/bin/python benchmarks/corpus_scaling.py --only docs           # the document index alone
     .venv/bin/python benchmarks/corpus_scaling.py --minhash             # numpy vs datasketch
 
 Synthetic data: each shard holds ``--keys-per-shard`` image pHashes (5 % drawn from a pool of
@@ -240,12 +241,9 @@ def scaling(args) -> None:
     print("| shards N | step | what | s | peak MiB | shards read | result |")
     print("|---:|---|---|---:|---:|---:|---|")
     for n in sizes:
-        for kind, label in (
-            ("blocklist", "image blocklist (MMC4 rule, default)"),
-            ("docs", "document index"),
-            ("exact", "exact image counts (option)"),
-        ):
-            if kind == "exact" and args.skip_exact:
+        for kind, label in (("blocklist", "image blocklist (MMC4 rule, default)"), ("docs", "document index"),
+                            ("exact", "exact image counts (option)")):
+            if (kind == "exact" and args.skip_exact) or (args.only and kind != args.only):
                 continue
             full_state, state = root / f"state-{kind}-{n}", root / f"state-{kind}-{n}-batch"
             shutil.rmtree(full_state, ignore_errors=True)
@@ -321,6 +319,8 @@ def main() -> None:
     parser.add_argument("--docs-per-shard", type=int, default=2000)
     parser.add_argument("--engine", action="store_true", help="run full recomputes on a Dask LocalCluster")
     parser.add_argument("--skip-exact", action="store_true", help="leave out the exact-count option's rows")
+    parser.add_argument("--only", default=None, choices=("blocklist", "docs", "exact"),
+                        help="measure one corpus asset only (e.g. the document index: --only docs)")
     parser.add_argument("--workdir", default=None, help="keep (and reuse) the synthetic data here")
     parser.add_argument("--minhash", action="store_true", help="compare MinHash implementations instead")
     parser.add_argument("--minhash-docs", type=int, default=2000)

@@ -282,3 +282,87 @@ def test_a_concurrent_commit_is_refused_not_lost(tmp_path):
     assert set(load_image_counts(store).absorbed) == {"b"}  # the other run's commit stands
     update_image_counts(store, {"a": 1, "b": 1}, Reader(tables), buckets=2)  # the retry
     assert set(load_image_counts(store).absorbed) == {"a", "b"}
+
+
+# -- the bucketed near-duplicate check against the in-memory one it replaced ---------------
+def _in_memory_edges(shared, changed, id_to_shard, read, threshold, scheme):
+    """The pair check as it was before it streamed by band-key bucket (every shared document's
+    band rows and signature in memory at once): the reference the bucketed one must equal."""
+    from mmc4_assets.dedup.doc_index import EDGES_SCHEMA, doc_band_rows
+
+    keys_by_shard = (shared.explode("shards").group_by("shards").agg("key")
+                     .with_columns(shard=pl.col("shards").replace_strict(id_to_shard, return_dtype=pl.String)))
+    rows, sigs = [], {}
+    for shard, keys in zip(keys_by_shard["shard"], keys_by_shard["key"]):
+        fp = read(shard)
+        bands = doc_band_rows(fp, scheme).join(pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}),
+                                               on="key", how="semi")
+        held = fp.filter(pl.col("doc_id").is_in(bands["doc_id"].unique().implode()))
+        sigs[shard] = dict(zip(held["doc_id"].to_list(), held["signature"].to_numpy()))
+        rows.append(bands.with_columns(shard=pl.lit(shard)))
+    long = pl.concat(rows)
+    pairs = (long.join(long, on="key", suffix="_b")
+             .filter((pl.col("shard") < pl.col("shard_b"))
+                     | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b"))))
+             .filter(pl.col("shard").is_in(list(changed)) | pl.col("shard_b").is_in(list(changed)))
+             .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b").unique())
+    a = np.stack([sigs[s][d] for s, d in zip(pairs["a_shard"], pairs["a_doc"])])
+    b = np.stack([sigs[s][d] for s, d in zip(pairs["b_shard"], pairs["b_doc"])])
+    return (pairs.with_columns(jaccard=pl.Series(estimated_jaccard(a, b), dtype=pl.Float32))
+            .filter(pl.col("jaccard") >= threshold).cast(EDGES_SCHEMA)), len(sigs)
+
+
+def _signed_shards(seed=5, shards=6, docs=40):
+    """Fingerprints with random signatures and near-copies across shards: exact copies (all 16
+    bands shared), close ones (Jaccard ~0.95), copies sharing exactly one band (one entry redrawn
+    in each other band: Jaccard 0.88, found in one bucket only) and far ones (~0.7: they share
+    bands, fail the check)."""
+    from mmc4_assets.dedup.doc_index import SCHEME, fingerprint_schema
+
+    rng = np.random.default_rng(seed)
+    sigs = {s: rng.integers(0, 2**32, (docs, SCHEME.num_perm), dtype=np.uint32) for s in range(shards)}
+    for s in range(1, shards):
+        for j, redraw in enumerate([0.0, 0.0, 0.05, 0.05, 0.05, 0.3, 0.3, 0.3]):
+            src = sigs[int(rng.integers(0, s))][int(rng.integers(0, 4))]  # a few popular originals
+            sigs[s][j] = src
+            flip = rng.random(SCHEME.num_perm) < redraw
+            sigs[s][j, flip] = rng.integers(0, 2**32, flip.sum(), dtype=np.uint32)
+        for j in range(8, 20):  # one band kept, one entry of every other band redrawn
+            sigs[s][j] = sigs[int(rng.integers(0, s))][int(rng.integers(4, docs))]
+            kept = int(rng.integers(0, SCHEME.bands))
+            cols = [b * SCHEME.rows + int(rng.integers(0, SCHEME.rows)) for b in range(SCHEME.bands) if b != kept]
+            sigs[s][j, cols] += np.uint32(1)
+    return {f"s{s}": pl.DataFrame({"doc_id": [f"s{s}:{d}" for d in range(docs)],
+                                   "url_key": np.arange(docs, dtype=np.uint64) + 1000 * s, "candidate": [True] * docs,
+                                   "signature": pl.Series(sigs[s], dtype=fingerprint_schema()["signature"])},
+                                  schema=fingerprint_schema()) for s in range(shards)}
+
+
+@pytest.mark.parametrize("changed", [["s0", "s1", "s2", "s3", "s4", "s5"], ["s2", "s5"]])
+def test_bucketed_pair_check_equals_the_in_memory_one(monkeypatch, changed):
+    import mmc4_assets.dedup.doc_index as di
+    from mmc4_assets.dedup.corpus_state import BucketSpill
+
+    tables = _signed_shards()
+    ids = {shard: i for i, shard in enumerate(tables)}
+    id_to_shard = {i: shard for shard, i in ids.items()}
+    band = pl.concat([di.doc_band_rows(fp).with_columns(shard=pl.lit(ids[s], pl.UInt32)) for s, fp in tables.items()])
+    postings = (band.group_by("key").agg(n=pl.len().cast(pl.UInt32), shards=pl.col("shard").unique().sort()))
+    monkeypatch.setattr(di, "PAIR_BUCKET_ROWS", 100)  # the pair check splits into 4-8 buckets
+    with BucketSpill(di.SHARED_ROWS, by="shard") as shared:
+        di.shared_key_sink(shared, [ids[s] for s in changed])(postings)
+        streamed, read_streamed = di.near_duplicate_edges(shared, changed, id_to_shard, Reader(tables), 0.8)
+    fresh = pl.Series([ids[s] for s in changed], dtype=pl.UInt32).implode()
+    reference, read_reference = _in_memory_edges(
+        postings.filter((pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh)).list.any()),
+        set(changed), id_to_shard, Reader(tables), 0.8, di.SCHEME)
+    order = ["a_shard", "a_doc", "b_shard", "b_doc"]
+    assert streamed.sort(order).equals(reference.sort(order))
+    assert read_streamed == read_reference
+    # the generator made what the check must tell apart: exact and close copies kept, far ones refused
+    assert reference.height >= 10 and (reference["jaccard"] == 1.0).any() and (reference["jaccard"] < 1.0).any()
+    assert (reference["jaccard"] == np.float32(113 / 128)).any()  # a copy sharing a single band
+    shared_pairs = band.join(band, on="key").filter(pl.col("doc_id") < pl.col("doc_id_right"))
+    assert shared_pairs.select("doc_id", "doc_id_right").unique().height > reference.height
+    keys = band.join(reference.select(doc_id="b_doc"), on="doc_id", how="semi")["key"]
+    assert (keys % 16).n_unique() > 4  # the copies' band keys fall in many buckets

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -223,10 +223,11 @@ class BucketSpill:
     bounded memory: rows are appended shard by shard, written out every ``flush_rows``,
     and read back one bucket at a time (bucket b of B = the parts p with p % B == b, for
     any B dividing SPILL_PARTS: the bucket count can be chosen once the row count is known).
+    ``by`` names the integer column that routes rows (``key`` unless told otherwise).
     """
 
-    def __init__(self, schema: dict | None = None, flush_rows: int = 4_000_000):
-        self.schema, self.flush_rows = schema or KEY_ROWS, flush_rows
+    def __init__(self, schema: dict | None = None, flush_rows: int = 4_000_000, by: str = "key"):
+        self.schema, self.flush_rows, self.by = schema or KEY_ROWS, flush_rows, by
         self._dir = tempfile.TemporaryDirectory(prefix="mmc4-spill-")
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = self._parts = self.rows = 0
@@ -243,7 +244,7 @@ class BucketSpill:
     def flush(self) -> None:
         if not self._pending:
             return
-        frame = pl.concat(self._pending).with_columns(_p=(pl.col("key") % SPILL_PARTS).cast(pl.Int64))
+        frame = pl.concat(self._pending).with_columns(_p=(pl.col(self.by) % SPILL_PARTS).cast(pl.Int64))
         for (p,), part in frame.partition_by("_p", as_dict=True, include_key=False).items():
             part.write_parquet(Path(self._dir.name) / f"p{p:04d}.f{self._parts:06d}.parquet")
         self._parts += 1
@@ -315,20 +316,17 @@ def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -
             yield b, old.filter((pl.col("key") % count) == b)
 
 
-def update_key_index(
-    state: CorpusState,
-    counter: str,
-    buckets: int,
-    replaced: Iterable[int],
-    added: pl.DataFrame | BucketSpill,
-    limit: int = 0,
-) -> KeyUpdate:
+def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: Iterable[int],
+                     added: pl.DataFrame | BucketSpill, limit: int = 0,
+                     sink: Callable[[pl.DataFrame], None] | None = None) -> KeyUpdate:
     """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket.
 
     ``added`` is a frame (a few shards) or a BucketSpill (a batch, a full recompute): either
     way one bucket is in memory at a time. ``buckets`` is the minimum bucket count: an index
     whose rows outgrow MAX_BUCKET_ROWS a bucket doubles it (each old bucket splits in two),
-    so memory stays bounded at any corpus size. ``before``/``after`` keep only keys over ``limit``.
+    so memory stays bounded at any corpus size. ``before``/``after`` keep only keys over ``limit``;
+    with a ``sink``, each bucket's ``after`` goes to it instead and the update keeps neither
+    (the band index: its keys over the limit grow with the corpus).
     """
     replaced = pl.Series(sorted(set(replaced)), dtype=pl.UInt32)
     old_buckets = index_buckets(state, counter, buckets)
@@ -350,8 +348,11 @@ def update_key_index(
         new = pl.concat([old.filter(~pl.col("shard").is_in(replaced.implode())), new_rows])
         touched = pl.concat([stale["key"], new_rows["key"]]).unique().to_frame()
         was, now = _over_postings(old, new, touched, limit)
-        before.append(was)
-        after.append(now)
+        if sink is None:
+            before.append(was)
+            after.append(now)
+        else:
+            sink(now)
         state.stage(table, new)
         rows += new.height
         rewritten += 1

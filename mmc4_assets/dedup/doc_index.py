@@ -25,17 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (
-    POSTINGS,
-    BucketSpill,
-    CorpusState,
-    CorpusUpdate,
-    flipped_shards,
-    over_set_changes,
-    plan,
-    update_key_index,
-    update_over_limit,
-)
+from mmc4_assets.dedup.corpus_state import (POSTINGS, SPILL_PARTS, BucketSpill, CorpusState, CorpusUpdate,
+                                            flipped_shards, over_set_changes, plan, update_key_index,
+                                            update_over_limit)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
 from mmc4_assets.engine import map_ordered
@@ -128,57 +120,84 @@ def _dropped(edges: pl.DataFrame) -> pl.DataFrame:
     return edges.select(shard="b_shard", doc_id="b_doc").unique()
 
 
-def _near_duplicate_edges(
-    shared: pl.DataFrame,
-    changed: set[str],
-    id_to_shard: dict[int, str],
-    read: Callable[[str], pl.DataFrame],
-    threshold: float,
-    scheme: MinHashScheme,
-) -> tuple[pl.DataFrame, int]:
+SHARED_ROWS = {"key": pl.UInt64, "shard": pl.UInt32}  # a band key held by two documents or more, per holder
+PAIR_BUCKET_ROWS = 200_000  # band rows (with signatures, ~0.6 KB each) one pair-check bucket holds at most
+
+
+def pair_rows_schema(scheme: MinHashScheme = SCHEME) -> dict:
+    return {"key": pl.UInt64, "shard": pl.String, "doc_id": pl.String,
+            "signature": pl.Array(pl.UInt32, scheme.num_perm)}
+
+
+def shared_key_sink(spill: BucketSpill, fresh_ids: Iterable[int]) -> Callable[[pl.DataFrame], None]:
+    """For the band index update: route each bucket's keys held by two documents or more, one of
+    them on a changed shard, to ``spill`` as (key, shard id) rows, partitioned by shard."""
+    fresh = pl.Series(sorted(set(fresh_ids)), dtype=pl.UInt32).implode()
+
+    def sink(after: pl.DataFrame) -> None:
+        shared = after.filter((pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh)).list.any())
+        spill.append(shared.select("key", shard="shards").explode("shard"))
+    return sink
+
+
+def _spill_shared_band_rows(shared: BucketSpill, id_to_shard: dict[int, str], read: Callable[[str], pl.DataFrame],
+                            scheme: MinHashScheme, out: BucketSpill) -> int:
+    """Band rows (with signatures) of every document holding a shared key, into ``out`` by band key;
+    returns how many shards were read. ``shared`` is partitioned by shard id: one partition's
+    keys and one shard's fingerprints are in memory at a time, and each shard is read once."""
+    shards_read = 0
+    for part in range(SPILL_PARTS):
+        held = shared.bucket(part, SPILL_PARTS)
+        if held.height == 0:
+            continue
+        for shard_id, keys in held.group_by("shard").agg("key").sort("shard").iter_rows():
+            shard = id_to_shard[shard_id]
+            fp = read(shard)
+            bands = doc_band_rows(fp, scheme).join(pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}),
+                                                   on="key", how="semi")
+            out.append(bands.join(fp.select("doc_id", "signature"), on="doc_id").with_columns(shard=pl.lit(shard)))
+            shards_read += 1
+        del held
+    return shards_read
+
+
+def _bucket_edges(rows: pl.DataFrame, changed: pl.Series, threshold: float) -> pl.DataFrame:
+    """Verified pairs among one bucket's band rows (every row of a key is in the same bucket)."""
+    docs = rows.unique(["shard", "doc_id"]).with_row_index("i")
+    ids = rows.select("key", "shard", "doc_id").join(docs.select("shard", "doc_id", "i"), on=["shard", "doc_id"])
+    pairs = (ids.join(ids, on="key", suffix="_b")
+             .filter((pl.col("shard") < pl.col("shard_b"))
+                     | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b"))))
+             .filter(pl.col("shard").is_in(changed.implode()) | pl.col("shard_b").is_in(changed.implode()))
+             .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b", a_i="i", b_i="i_b")
+             .unique(["a_shard", "a_doc", "b_shard", "b_doc"]))
+    if pairs.height == 0:
+        return pl.DataFrame(schema=EDGES_SCHEMA)
+    sigs = docs["signature"].to_numpy()
+    jaccard = estimated_jaccard(sigs[pairs["a_i"].to_numpy()], sigs[pairs["b_i"].to_numpy()])
+    return (pairs.with_columns(jaccard=pl.Series(jaccard, dtype=pl.Float32))
+            .filter(pl.col("jaccard") >= threshold).select(list(EDGES_SCHEMA)).cast(EDGES_SCHEMA))
+
+
+def near_duplicate_edges(shared: BucketSpill, changed: Iterable[str], id_to_shard: dict[int, str],
+                         read: Callable[[str], pl.DataFrame], threshold: float,
+                         scheme: MinHashScheme = SCHEME) -> tuple[pl.DataFrame, int]:
     """Verified pairs among documents sharing a band key, at least one of them on a changed
     shard; and how many shards were read for them.
 
-    Each involved shard is read once, and only its rows that hold a shared key are kept.
+    ``shared`` holds (key, shard id) for every shared band key (``shared_key_sink``). The band
+    rows of the documents holding them are spilled by band key with their signatures, then
+    checked one bucket at a time: memory holds one bucket, never every shared document.
+    A pair sharing several bands is found in several buckets; the edges are made unique.
     """
-    if shared.height == 0:
-        return pl.DataFrame(schema=EDGES_SCHEMA), 0
-    keys_by_shard = (
-        shared.explode("shards")
-        .group_by("shards")
-        .agg("key")
-        .with_columns(shard=pl.col("shards").replace_strict(id_to_shard, return_dtype=pl.String))
-    )
-    rows, sigs = [], {}
-    for shard, keys in zip(keys_by_shard["shard"], keys_by_shard["key"]):
-        fp = read(shard)
-        bands = doc_band_rows(fp, scheme).join(
-            pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}), on="key", how="semi"
-        )
-        docs = bands["doc_id"].unique()
-        held = fp.filter(pl.col("doc_id").is_in(docs.implode()))
-        sigs[shard] = dict(zip(held["doc_id"].to_list(), held["signature"].to_numpy()))
-        rows.append(bands.with_columns(shard=pl.lit(shard)))
-    long = pl.concat(rows)
-    pairs = (
-        long.join(long, on="key", suffix="_b")
-        .filter(
-            (pl.col("shard") < pl.col("shard_b"))
-            | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b")))
-        )
-        .filter(pl.col("shard").is_in(list(changed)) | pl.col("shard_b").is_in(list(changed)))
-        .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b")
-        .unique()
-    )
-    if pairs.height == 0:
-        return pl.DataFrame(schema=EDGES_SCHEMA), len(sigs)
-    a = np.stack([sigs[s][d] for s, d in zip(pairs["a_shard"], pairs["a_doc"])])
-    b = np.stack([sigs[s][d] for s, d in zip(pairs["b_shard"], pairs["b_doc"])])
-    return (
-        pairs.with_columns(jaccard=pl.Series(estimated_jaccard(a, b), dtype=pl.Float32))
-        .filter(pl.col("jaccard") >= threshold)
-        .cast(EDGES_SCHEMA)
-    ), len(sigs)
+    changed = pl.Series(sorted(set(changed)), dtype=pl.String)
+    with BucketSpill(pair_rows_schema(scheme), flush_rows=PAIR_BUCKET_ROWS) as rows:
+        shards_read = _spill_shared_band_rows(shared, id_to_shard, read, scheme, rows)
+        buckets = 1
+        while rows.rows > buckets * PAIR_BUCKET_ROWS and buckets < SPILL_PARTS:
+            buckets *= 2
+        edges = [_bucket_edges(rows.bucket(b, buckets), changed, threshold) for b in range(buckets)]
+    return pl.concat([pl.DataFrame(schema=EDGES_SCHEMA), *edges]).unique(), shards_read
 
 
 def update_doc_index(
@@ -237,16 +256,15 @@ def update_doc_index(
         id_to_shard = {**id_to_shard, **state.shard_keys()}
         affected: set[str] = set()
         stats: dict[str, int] = {}
+        # band keys now held by two documents or more, one of them on a changed shard: spilled
+        # by shard as each bucket is rewritten (they grow with the corpus, so never held)
+        shared = stack.enter_context(BucketSpill(SHARED_ROWS, by="shard"))
+        sink = shared_key_sink(shared, [state.registry[s]["id"] for s in changes])
         for counter, postings_matter in (("url", False), ("url_candidate", True), ("band", False)):
-            update = update_key_index(state, counter, buckets, replaced, added[counter], limit=1)
+            update = update_key_index(state, counter, buckets, replaced, added[counter], limit=1,
+                                      sink=sink if counter == "band" else None)
             stats[f"{counter}_rows"] = update.rows
-            if counter == "band":
-                # keys now held by two documents or more, one of them on a changed shard
-                fresh_ids = pl.Series([state.registry[s]["id"] for s in changes], dtype=pl.UInt32).implode()
-                shared = update.after.filter(
-                    (pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh_ids)).list.any()
-                )
-            else:
+            if counter != "band":
                 over = update_over_limit(state, counter, update, 1)
                 stats[f"{counter}_duplicated_keys"] = over.height
                 if full_recompute:  # ids were renumbered: compare the duplicate sets themselves
@@ -256,10 +274,10 @@ def update_doc_index(
                 else:
                     affected |= {id_to_shard[i] for i in flipped_shards(update, 1, postings_matter=postings_matter)}
             del update
+        new_edges, verified_from = near_duplicate_edges(shared, changes, id_to_shard, read, threshold, scheme)
 
     gone = set(changes) | set(removed)
     kept = old_edges.filter(~pl.col("a_shard").is_in(list(gone)) & ~pl.col("b_shard").is_in(list(gone)))
-    new_edges, verified_from = _near_duplicate_edges(shared, set(changes), id_to_shard, read, threshold, scheme)
     edges = pl.concat([kept, new_edges]).unique().sort("b_shard", "b_doc", "a_shard", "a_doc")
     state.stage("edges", edges)
     flipped = pl.concat([_dropped(old_edges), _dropped(edges)]).filter(pl.len().over("shard", "doc_id") == 1)
