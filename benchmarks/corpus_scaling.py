@@ -241,8 +241,11 @@ def scaling(args) -> None:
     print("| shards N | step | what | s | peak MiB | shards read | result |")
     print("|---:|---|---|---:|---:|---:|---|")
     for n in sizes:
-        for kind, label in (("blocklist", "image blocklist (MMC4 rule, default)"), ("docs", "document index"),
-                            ("exact", "exact image counts (option)")):
+        for kind, label in (
+            ("blocklist", "image blocklist (MMC4 rule, default)"),
+            ("docs", "document index"),
+            ("exact", "exact image counts (option)"),
+        ):
             if (kind == "exact" and args.skip_exact) or (args.only and kind != args.only):
                 continue
             full_state, state = root / f"state-{kind}-{n}", root / f"state-{kind}-{n}-batch"
@@ -319,8 +322,12 @@ def main() -> None:
     parser.add_argument("--docs-per-shard", type=int, default=2000)
     parser.add_argument("--engine", action="store_true", help="run full recomputes on a Dask LocalCluster")
     parser.add_argument("--skip-exact", action="store_true", help="leave out the exact-count option's rows")
-    parser.add_argument("--only", default=None, choices=("blocklist", "docs", "exact"),
-                        help="measure one corpus asset only (e.g. the document index: --only docs)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        choices=("blocklist", "docs", "exact"),
+        help="measure one corpus asset only (e.g. the document index: --only docs)",
+    )
     parser.add_argument("--workdir", default=None, help="keep (and reuse) the synthetic data here")
     parser.add_argument("--minhash", action="store_true", help="compare MinHash implementations instead")
     parser.add_argument("--minhash-docs", type=int, default=2000)

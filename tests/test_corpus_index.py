@@ -290,26 +290,39 @@ def _in_memory_edges(shared, changed, id_to_shard, read, threshold, scheme):
     band rows and signature in memory at once): the reference the bucketed one must equal."""
     from mmc4_assets.dedup.doc_index import EDGES_SCHEMA, doc_band_rows
 
-    keys_by_shard = (shared.explode("shards").group_by("shards").agg("key")
-                     .with_columns(shard=pl.col("shards").replace_strict(id_to_shard, return_dtype=pl.String)))
+    keys_by_shard = (
+        shared.explode("shards")
+        .group_by("shards")
+        .agg("key")
+        .with_columns(shard=pl.col("shards").replace_strict(id_to_shard, return_dtype=pl.String))
+    )
     rows, sigs = [], {}
     for shard, keys in zip(keys_by_shard["shard"], keys_by_shard["key"]):
         fp = read(shard)
-        bands = doc_band_rows(fp, scheme).join(pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}),
-                                               on="key", how="semi")
+        bands = doc_band_rows(fp, scheme).join(
+            pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}), on="key", how="semi"
+        )
         held = fp.filter(pl.col("doc_id").is_in(bands["doc_id"].unique().implode()))
         sigs[shard] = dict(zip(held["doc_id"].to_list(), held["signature"].to_numpy()))
         rows.append(bands.with_columns(shard=pl.lit(shard)))
     long = pl.concat(rows)
-    pairs = (long.join(long, on="key", suffix="_b")
-             .filter((pl.col("shard") < pl.col("shard_b"))
-                     | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b"))))
-             .filter(pl.col("shard").is_in(list(changed)) | pl.col("shard_b").is_in(list(changed)))
-             .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b").unique())
+    pairs = (
+        long.join(long, on="key", suffix="_b")
+        .filter(
+            (pl.col("shard") < pl.col("shard_b"))
+            | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b")))
+        )
+        .filter(pl.col("shard").is_in(list(changed)) | pl.col("shard_b").is_in(list(changed)))
+        .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b")
+        .unique()
+    )
     a = np.stack([sigs[s][d] for s, d in zip(pairs["a_shard"], pairs["a_doc"])])
     b = np.stack([sigs[s][d] for s, d in zip(pairs["b_shard"], pairs["b_doc"])])
-    return (pairs.with_columns(jaccard=pl.Series(estimated_jaccard(a, b), dtype=pl.Float32))
-            .filter(pl.col("jaccard") >= threshold).cast(EDGES_SCHEMA)), len(sigs)
+    return (
+        pairs.with_columns(jaccard=pl.Series(estimated_jaccard(a, b), dtype=pl.Float32))
+        .filter(pl.col("jaccard") >= threshold)
+        .cast(EDGES_SCHEMA)
+    ), len(sigs)
 
 
 def _signed_shards(seed=5, shards=6, docs=40):
@@ -332,10 +345,18 @@ def _signed_shards(seed=5, shards=6, docs=40):
             kept = int(rng.integers(0, SCHEME.bands))
             cols = [b * SCHEME.rows + int(rng.integers(0, SCHEME.rows)) for b in range(SCHEME.bands) if b != kept]
             sigs[s][j, cols] += np.uint32(1)
-    return {f"s{s}": pl.DataFrame({"doc_id": [f"s{s}:{d}" for d in range(docs)],
-                                   "url_key": np.arange(docs, dtype=np.uint64) + 1000 * s, "candidate": [True] * docs,
-                                   "signature": pl.Series(sigs[s], dtype=fingerprint_schema()["signature"])},
-                                  schema=fingerprint_schema()) for s in range(shards)}
+    return {
+        f"s{s}": pl.DataFrame(
+            {
+                "doc_id": [f"s{s}:{d}" for d in range(docs)],
+                "url_key": np.arange(docs, dtype=np.uint64) + 1000 * s,
+                "candidate": [True] * docs,
+                "signature": pl.Series(sigs[s], dtype=fingerprint_schema()["signature"]),
+            },
+            schema=fingerprint_schema(),
+        )
+        for s in range(shards)
+    }
 
 
 @pytest.mark.parametrize("changed", [["s0", "s1", "s2", "s3", "s4", "s5"], ["s2", "s5"]])
@@ -347,7 +368,7 @@ def test_bucketed_pair_check_equals_the_in_memory_one(monkeypatch, changed):
     ids = {shard: i for i, shard in enumerate(tables)}
     id_to_shard = {i: shard for shard, i in ids.items()}
     band = pl.concat([di.doc_band_rows(fp).with_columns(shard=pl.lit(ids[s], pl.UInt32)) for s, fp in tables.items()])
-    postings = (band.group_by("key").agg(n=pl.len().cast(pl.UInt32), shards=pl.col("shard").unique().sort()))
+    postings = band.group_by("key").agg(n=pl.len().cast(pl.UInt32), shards=pl.col("shard").unique().sort())
     monkeypatch.setattr(di, "PAIR_BUCKET_ROWS", 100)  # the pair check splits into 4-8 buckets
     with BucketSpill(di.SHARED_ROWS, by="shard") as shared:
         di.shared_key_sink(shared, [ids[s] for s in changed])(postings)
@@ -355,7 +376,12 @@ def test_bucketed_pair_check_equals_the_in_memory_one(monkeypatch, changed):
     fresh = pl.Series([ids[s] for s in changed], dtype=pl.UInt32).implode()
     reference, read_reference = _in_memory_edges(
         postings.filter((pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh)).list.any()),
-        set(changed), id_to_shard, Reader(tables), 0.8, di.SCHEME)
+        set(changed),
+        id_to_shard,
+        Reader(tables),
+        0.8,
+        di.SCHEME,
+    )
     order = ["a_shard", "a_doc", "b_shard", "b_doc"]
     assert streamed.sort(order).equals(reference.sort(order))
     assert read_streamed == read_reference

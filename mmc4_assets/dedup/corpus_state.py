@@ -316,9 +316,15 @@ def _old_buckets(state: CorpusState, counter: str, old_count: int, count: int) -
             yield b, old.filter((pl.col("key") % count) == b)
 
 
-def update_key_index(state: CorpusState, counter: str, buckets: int, replaced: Iterable[int],
-                     added: pl.DataFrame | BucketSpill, limit: int = 0,
-                     sink: Callable[[pl.DataFrame], None] | None = None) -> KeyUpdate:
+def update_key_index(
+    state: CorpusState,
+    counter: str,
+    buckets: int,
+    replaced: Iterable[int],
+    added: pl.DataFrame | BucketSpill,
+    limit: int = 0,
+    sink: Callable[[pl.DataFrame], None] | None = None,
+) -> KeyUpdate:
     """Drop every row of the ``replaced`` shard ids, add ``added`` (KEY_ROWS), bucket by bucket.
 
     ``added`` is a frame (a few shards) or a BucketSpill (a batch, a full recompute): either

@@ -25,9 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from mmc4_assets.dedup.corpus_state import (POSTINGS, SPILL_PARTS, BucketSpill, CorpusState, CorpusUpdate,
-                                            flipped_shards, over_set_changes, plan, update_key_index,
-                                            update_over_limit)
+from mmc4_assets.dedup.corpus_state import (
+    POSTINGS,
+    SPILL_PARTS,
+    BucketSpill,
+    CorpusState,
+    CorpusUpdate,
+    flipped_shards,
+    over_set_changes,
+    plan,
+    update_key_index,
+    update_over_limit,
+)
 from mmc4_assets.dedup.keys import url_keys
 from mmc4_assets.dedup.minhash import MinHashScheme, band_keys, estimated_jaccard, signatures
 from mmc4_assets.engine import map_ordered
@@ -125,8 +134,12 @@ PAIR_BUCKET_ROWS = 200_000  # band rows (with signatures, ~0.6 KB each) one pair
 
 
 def pair_rows_schema(scheme: MinHashScheme = SCHEME) -> dict:
-    return {"key": pl.UInt64, "shard": pl.String, "doc_id": pl.String,
-            "signature": pl.Array(pl.UInt32, scheme.num_perm)}
+    return {
+        "key": pl.UInt64,
+        "shard": pl.String,
+        "doc_id": pl.String,
+        "signature": pl.Array(pl.UInt32, scheme.num_perm),
+    }
 
 
 def shared_key_sink(spill: BucketSpill, fresh_ids: Iterable[int]) -> Callable[[pl.DataFrame], None]:
@@ -137,11 +150,17 @@ def shared_key_sink(spill: BucketSpill, fresh_ids: Iterable[int]) -> Callable[[p
     def sink(after: pl.DataFrame) -> None:
         shared = after.filter((pl.col("n") >= 2) & pl.col("shards").list.eval(pl.element().is_in(fresh)).list.any())
         spill.append(shared.select("key", shard="shards").explode("shard"))
+
     return sink
 
 
-def _spill_shared_band_rows(shared: BucketSpill, id_to_shard: dict[int, str], read: Callable[[str], pl.DataFrame],
-                            scheme: MinHashScheme, out: BucketSpill) -> int:
+def _spill_shared_band_rows(
+    shared: BucketSpill,
+    id_to_shard: dict[int, str],
+    read: Callable[[str], pl.DataFrame],
+    scheme: MinHashScheme,
+    out: BucketSpill,
+) -> int:
     """Band rows (with signatures) of every document holding a shared key, into ``out`` by band key;
     returns how many shards were read. ``shared`` is partitioned by shard id: one partition's
     keys and one shard's fingerprints are in memory at a time, and each shard is read once."""
@@ -153,8 +172,9 @@ def _spill_shared_band_rows(shared: BucketSpill, id_to_shard: dict[int, str], re
         for shard_id, keys in held.group_by("shard").agg("key").sort("shard").iter_rows():
             shard = id_to_shard[shard_id]
             fp = read(shard)
-            bands = doc_band_rows(fp, scheme).join(pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}),
-                                                   on="key", how="semi")
+            bands = doc_band_rows(fp, scheme).join(
+                pl.DataFrame({"key": keys}, schema={"key": pl.UInt64}), on="key", how="semi"
+            )
             out.append(bands.join(fp.select("doc_id", "signature"), on="doc_id").with_columns(shard=pl.lit(shard)))
             shards_read += 1
         del held
@@ -165,23 +185,36 @@ def _bucket_edges(rows: pl.DataFrame, changed: pl.Series, threshold: float) -> p
     """Verified pairs among one bucket's band rows (every row of a key is in the same bucket)."""
     docs = rows.unique(["shard", "doc_id"]).with_row_index("i")
     ids = rows.select("key", "shard", "doc_id").join(docs.select("shard", "doc_id", "i"), on=["shard", "doc_id"])
-    pairs = (ids.join(ids, on="key", suffix="_b")
-             .filter((pl.col("shard") < pl.col("shard_b"))
-                     | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b"))))
-             .filter(pl.col("shard").is_in(changed.implode()) | pl.col("shard_b").is_in(changed.implode()))
-             .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b", a_i="i", b_i="i_b")
-             .unique(["a_shard", "a_doc", "b_shard", "b_doc"]))
+    pairs = (
+        ids.join(ids, on="key", suffix="_b")
+        .filter(
+            (pl.col("shard") < pl.col("shard_b"))
+            | ((pl.col("shard") == pl.col("shard_b")) & (pl.col("doc_id") < pl.col("doc_id_b")))
+        )
+        .filter(pl.col("shard").is_in(changed.implode()) | pl.col("shard_b").is_in(changed.implode()))
+        .select(a_shard="shard", a_doc="doc_id", b_shard="shard_b", b_doc="doc_id_b", a_i="i", b_i="i_b")
+        .unique(["a_shard", "a_doc", "b_shard", "b_doc"])
+    )
     if pairs.height == 0:
         return pl.DataFrame(schema=EDGES_SCHEMA)
     sigs = docs["signature"].to_numpy()
     jaccard = estimated_jaccard(sigs[pairs["a_i"].to_numpy()], sigs[pairs["b_i"].to_numpy()])
-    return (pairs.with_columns(jaccard=pl.Series(jaccard, dtype=pl.Float32))
-            .filter(pl.col("jaccard") >= threshold).select(list(EDGES_SCHEMA)).cast(EDGES_SCHEMA))
+    return (
+        pairs.with_columns(jaccard=pl.Series(jaccard, dtype=pl.Float32))
+        .filter(pl.col("jaccard") >= threshold)
+        .select(list(EDGES_SCHEMA))
+        .cast(EDGES_SCHEMA)
+    )
 
 
-def near_duplicate_edges(shared: BucketSpill, changed: Iterable[str], id_to_shard: dict[int, str],
-                         read: Callable[[str], pl.DataFrame], threshold: float,
-                         scheme: MinHashScheme = SCHEME) -> tuple[pl.DataFrame, int]:
+def near_duplicate_edges(
+    shared: BucketSpill,
+    changed: Iterable[str],
+    id_to_shard: dict[int, str],
+    read: Callable[[str], pl.DataFrame],
+    threshold: float,
+    scheme: MinHashScheme = SCHEME,
+) -> tuple[pl.DataFrame, int]:
     """Verified pairs among documents sharing a band key, at least one of them on a changed
     shard; and how many shards were read for them.
 
@@ -261,8 +294,9 @@ def update_doc_index(
         shared = stack.enter_context(BucketSpill(SHARED_ROWS, by="shard"))
         sink = shared_key_sink(shared, [state.registry[s]["id"] for s in changes])
         for counter, postings_matter in (("url", False), ("url_candidate", True), ("band", False)):
-            update = update_key_index(state, counter, buckets, replaced, added[counter], limit=1,
-                                      sink=sink if counter == "band" else None)
+            update = update_key_index(
+                state, counter, buckets, replaced, added[counter], limit=1, sink=sink if counter == "band" else None
+            )
             stats[f"{counter}_rows"] = update.rows
             if counter != "band":
                 over = update_over_limit(state, counter, update, 1)
