@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,16 +18,9 @@ from mmc4_assets.deploy.dagster_internals import dagster_instance_config, run_mo
 from mmc4_assets.storage import ShardStore
 from mmc4_assets.storage.store import sweep_temp_files
 
-HOME = Path(__file__).resolve().parents[1] / "dagster_home"
-PG_ENV = {
-    "DAGSTER_PG_HOST": "127.0.0.1",
-    "DAGSTER_PG_PORT": "5432",
-    "DAGSTER_PG_USERNAME": "dagster",
-    "DAGSTER_PG_PASSWORD": "secret",
-    "DAGSTER_PG_DB": "dagster",
-    "MMC4_COMPUTE_LOG_BUCKET": "b",
-    "MMC4_COMPUTE_LOG_PREFIX": "p",
-}
+# the instance YAMLs and the variables the Postgres one reads, as the deploy-config tests set them
+from test_s3_deploy_configs import HOME, PG_ENV
+
 DAY = 24 * 3600
 
 
